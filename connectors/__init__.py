@@ -1,0 +1,1 @@
+"""Connectors: sources that yield rows and destinations that accept batches of records."""

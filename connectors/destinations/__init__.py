@@ -1,0 +1,1 @@
+"""Destination connectors: one module per vendor."""

@@ -1,0 +1,128 @@
+"""The destination contract: discovery, one API call per batch, one result per record."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Operation = Literal["upsert", "insert", "update", "delete"]
+
+# Field data types every connector reports, so casting and validation are shared.
+DATA_TYPES = ("string", "integer", "number", "boolean", "date", "datetime", "json")
+
+
+@dataclass(frozen=True)
+class DestinationObject:
+    api_name: str
+    label: str
+    supports_upsert: bool = True
+    writable: bool = True
+
+
+@dataclass(frozen=True)
+class DestinationField:
+    name: str
+    label: str
+    data_type: str = "string"  # one of DATA_TYPES
+    required: bool = False
+    updateable: bool = True
+    external_id: bool = False
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record to send. `key` is the value of the key mapping (as text); `fields` are the
+    destination field values, already mapped and cast. For deletes `fields` holds only the key."""
+
+    key: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """What the destination said about one record of a batch, in request order.
+
+    ok: accepted. Otherwise `code` is a retl error code (DESTINATION_VALIDATION, NOT_FOUND,
+    RATE_LIMIT, UNKNOWN, …), `message` the vendor's own words, and `retryable` says whether
+    trying the same record again may succeed (a per-record lock or rate limit, not bad data).
+    """
+
+    ok: bool
+    code: str | None = None
+    message: str | None = None
+    retryable: bool = False
+    external_id: str | None = None
+
+    @classmethod
+    def success(cls, external_id: str | None = None) -> RecordResult:
+        return cls(ok=True, external_id=external_id)
+
+    @classmethod
+    def failure(cls, code: str, message: str, *, retryable: bool = False) -> RecordResult:
+        return cls(ok=False, code=code, message=message, retryable=retryable)
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One config option, for validation and for the API's schema of each connector."""
+
+    name: str
+    required: bool = False
+    secret: bool = False
+    default: Any = None
+    description: str = ""
+
+
+class Destination(ABC):
+    """A destination connector. One instance per destination per worker process: it may keep a
+    `requests.Session` and cached discovery. It never sleeps, retries or touches retl's database:
+    the worker's executor owns retries, rate limits and the DLQ."""
+
+    type: ClassVar[str]
+    label: ClassVar[str]
+    config_fields: ClassVar[tuple[ConfigField, ...]] = ()
+    supported_modes: ClassVar[frozenset[str]] = frozenset({"upsert", "insert", "update", "delete", "mirror"})
+    batch_size: ClassVar[int] = 100
+    # Fleet-wide defaults; an operator may lower them in the destination's config
+    # (`rateLimitPerSecond`, `maxConcurrency`).
+    rate_limit_per_second: ClassVar[float] = 10.0
+    max_concurrency: ClassVar[int] = 4
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    @abstractmethod
+    def test(self) -> None:
+        """Call the vendor with the configured credentials; raise AuthError/ConnectorError."""
+
+    @abstractmethod
+    def list_objects(self) -> list[DestinationObject]: ...
+
+    @abstractmethod
+    def list_fields(self, object_name: str) -> list[DestinationField]: ...
+
+    @abstractmethod
+    def write_batch(
+        self, object_name: str, operation: Operation, key_field: str, records: list[Record]
+    ) -> list[RecordResult]:
+        """Make one write call (or the fewest the vendor's API needs) for `records` and return
+        one result per record, in order. Raise RetryableError when the whole call may succeed
+        later, AuthError when credentials are rejected, ConnectorError for other whole-batch
+        failures."""
+
+    def batch_size_for(self, operation: Operation, total_records: int) -> int:
+        """Records per write_batch call for a run that sends `total_records` with `operation`.
+        A connector with a bulk API may answer more for large runs."""
+        return int(self.config.get("batchSize") or self.batch_size)
+
+    def format_value(self, value: Any, field: DestinationField) -> Any:
+        """Turn an already cast Python value into the vendor's wire format (dates, datetimes)."""
+        return value
+
+    def close(self) -> None:
+        """Release sessions and connections."""
+
+    @classmethod
+    def secret_fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in cls.config_fields if f.secret)

@@ -1,0 +1,1 @@
+"""Source connectors: run a query read-only and stream its rows."""
