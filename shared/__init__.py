@@ -1,0 +1,1 @@
+"""What every retl process needs: settings, the database, repositories, services, the queue."""

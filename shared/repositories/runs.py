@@ -1,0 +1,152 @@
+"""Runs of syncs: creation (coalesced per sync), reads and listings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from shared import ids
+
+COLUMNS = (
+    "id, workspace_id, sync_id, status, trigger, full_refresh, scheduled_for, replay_keys,"
+    " rows_read, rows_written, rows_failed, rows_added, rows_changed, rows_removed,"
+    " rows_unchanged, error, cancel_requested, lease_owner, lease_expires_at, fencing_token,"
+    " enqueued_at, created_at, started_at, finished_at, updated_at"
+)
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class Run:
+    id: str
+    workspace_id: str
+    sync_id: str
+    status: str
+    trigger: str
+    full_refresh: bool
+    scheduled_for: dt.datetime | None
+    replay_keys: list[str] | None
+    rows_read: int
+    rows_written: int
+    rows_failed: int
+    rows_added: int
+    rows_changed: int
+    rows_removed: int
+    rows_unchanged: int
+    error: str | None
+    cancel_requested: bool
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+    fencing_token: int
+    enqueued_at: dt.datetime | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
+
+
+def insert_queued(
+    conn: psycopg.Connection, *, workspace_id: str, sync_id: str, trigger: str,
+    full_refresh: bool = False, scheduled_for: dt.datetime | None = None,
+    replay_keys: list[str] | None = None,
+) -> tuple[Run | None, bool]:
+    """Queue a run of the sync, or return the one already queued (created=False).
+
+    A full refresh or a replay asked while a run is queued upgrades that queued run (full
+    refresh wins; replay keys are merged, and a plain run already covers every key), so the
+    caller always gets a run that does at least what it asked for. Answers (None, False) only
+    for a scheduled tick that already has its run."""
+    replay = Jsonb(replay_keys) if replay_keys is not None else None
+    with conn.cursor(row_factory=class_row(Run)) as cur:
+        # The queued run may start between our insert and update; then a new one can be queued.
+        for _ in range(3):
+            cur.execute(
+                "INSERT INTO runs (id, workspace_id, sync_id, trigger, full_refresh,"
+                " scheduled_for, replay_keys) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                f" ON CONFLICT DO NOTHING RETURNING {COLUMNS}",
+                (ids.new_id(ids.RUN), workspace_id, sync_id, trigger, full_refresh,
+                 scheduled_for, replay),
+            )
+            created = cur.fetchone()
+            if created is not None:
+                return created, True
+            cur.execute(
+                "UPDATE runs SET full_refresh = full_refresh OR %s,"
+                " replay_keys = CASE WHEN replay_keys IS NULL OR %s::jsonb IS NULL THEN NULL"
+                "   ELSE (SELECT jsonb_agg(DISTINCT k) FROM"
+                "         jsonb_array_elements(replay_keys || %s::jsonb) AS k) END,"
+                " updated_at = now()"
+                f" WHERE sync_id = %s AND status = 'queued' RETURNING {COLUMNS}",
+                (full_refresh, replay, replay, sync_id),
+            )
+            existing = cur.fetchone()
+            if existing is not None:
+                return existing, False
+            if scheduled_for is not None:
+                return None, False
+    raise RuntimeError(f"could not queue a run of {sync_id}")
+
+
+def get(conn: psycopg.Connection, workspace_id: str, id: str) -> Run | None:
+    with conn.cursor(row_factory=class_row(Run)) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM runs WHERE id = %s AND workspace_id = %s", (id, workspace_id))
+        return cur.fetchone()
+
+
+def get_by_id(conn: psycopg.Connection, id: str, *, for_update: bool = False) -> Run | None:
+    lock = " FOR UPDATE" if for_update else ""
+    with conn.cursor(row_factory=class_row(Run)) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM runs WHERE id = %s{lock}", (id,))
+        return cur.fetchone()
+
+
+def list_page(
+    conn: psycopg.Connection, workspace_id: str, *, sync_id: str | None, status: str | None,
+    after: str | None, limit: int,
+) -> list[Run]:
+    with conn.cursor(row_factory=class_row(Run)) as cur:
+        cur.execute(
+            f"SELECT {COLUMNS} FROM runs WHERE workspace_id = %s"
+            " AND (%s::text IS NULL OR sync_id = %s)"
+            " AND (%s::text IS NULL OR status = %s)"
+            " AND (%s::text IS NULL OR id < %s)"
+            " ORDER BY id DESC LIMIT %s",
+            (workspace_id, sync_id, sync_id, status, status, after, after, limit),
+        )
+        return cur.fetchall()
+
+
+def mark_enqueued(conn: psycopg.Connection, ids_: list[str]) -> None:
+    conn.execute("UPDATE runs SET enqueued_at = now() WHERE id = ANY(%s)", (ids_,))
+
+
+def request_cancel(conn: psycopg.Connection, id: str) -> Run:
+    """A queued run is cancelled at once; a running one is asked to stop at its next batch."""
+    with conn.cursor(row_factory=class_row(Run)) as cur:
+        cur.execute(
+            "UPDATE runs SET cancel_requested = true,"
+            " status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
+            " finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,"
+            f" updated_at = now() WHERE id = %s RETURNING {COLUMNS}",
+            (id,),
+        )
+        return cur.fetchone()
+
+
+def latest_for_sync(conn: psycopg.Connection, sync_id: str) -> Run | None:
+    with conn.cursor(row_factory=class_row(Run)) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM runs WHERE sync_id = %s ORDER BY id DESC LIMIT 1", (sync_id,))
+        return cur.fetchone()
+
+
+def cancel_queued_for_sync(conn: psycopg.Connection, sync_id: str) -> None:
+    conn.execute(
+        "UPDATE runs SET status = 'cancelled', cancel_requested = true, finished_at = now(),"
+        " updated_at = now() WHERE sync_id = %s AND status = 'queued'",
+        (sync_id,),
+    )

@@ -1,0 +1,77 @@
+"""Workspaces and their API keys (only a hash of each key is stored)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import class_row
+
+from shared import ids
+
+
+@dataclass
+class Workspace:
+    id: str
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass
+class ApiKey:
+    id: str
+    workspace_id: str
+    display_hint: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+def get_or_create_workspace(conn: psycopg.Connection, name: str) -> Workspace:
+    conn.execute(
+        "INSERT INTO workspaces (id, name) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+        (ids.new_id(ids.WORKSPACE), name),
+    )
+    with conn.cursor(row_factory=class_row(Workspace)) as cur:
+        cur.execute("SELECT id, name, created_at FROM workspaces WHERE name = %s", (name,))
+        return cur.fetchone()
+
+
+def insert_api_key(
+    conn: psycopg.Connection, workspace_id: str, key_hash: str, display_hint: str
+) -> ApiKey:
+    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
+        cur.execute(
+            "INSERT INTO api_keys (id, workspace_id, key_hash, display_hint) VALUES (%s, %s, %s, %s)"
+            " RETURNING id, workspace_id, display_hint, created_at, revoked_at",
+            (ids.new_id(ids.API_KEY), workspace_id, key_hash, display_hint),
+        )
+        return cur.fetchone()
+
+
+def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> str | None:
+    row = conn.execute(
+        "SELECT workspace_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (key_hash,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def list_api_keys(conn: psycopg.Connection, workspace_id: str) -> list[ApiKey]:
+    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
+        cur.execute(
+            "SELECT id, workspace_id, display_hint, created_at, revoked_at FROM api_keys"
+            " WHERE workspace_id = %s ORDER BY id DESC",
+            (workspace_id,),
+        )
+        return cur.fetchall()
+
+
+def revoke_api_key(conn: psycopg.Connection, workspace_id: str, key_id: str) -> ApiKey | None:
+    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
+        cur.execute(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+            " WHERE id = %s AND workspace_id = %s"
+            " RETURNING id, workspace_id, display_hint, created_at, revoked_at",
+            (key_id, workspace_id),
+        )
+        return cur.fetchone()

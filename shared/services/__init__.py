@@ -1,0 +1,1 @@
+"""Services: the rules and transactions behind every API route, task and command."""

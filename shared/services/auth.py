@@ -1,0 +1,60 @@
+"""API keys: creation (shown once) and authentication of a bearer key to its workspace."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from shared.db import transaction
+from shared.errors import NotFound, Unauthorized
+from shared.repositories import workspaces
+
+KEY_PREFIX = "retl_sk_"
+
+
+@dataclass
+class IssuedKey:
+    key: str
+    key_id: str
+    workspace_id: str
+    workspace_name: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(workspace_name: str = "default") -> IssuedKey:
+    """A new key for the workspace (created if needed); only its hash is stored."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    with transaction() as conn:
+        workspace = workspaces.get_or_create_workspace(conn, workspace_name)
+        record = workspaces.insert_api_key(conn, workspace.id, hash_key(key), key[:12] + "…")
+    return IssuedKey(key, record.id, workspace.id, workspace.name)
+
+
+def workspace_for_bearer(authorization: str | None) -> str:
+    """The workspace id an `Authorization: Bearer <key>` header authenticates."""
+    scheme, _, key = (authorization or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or len(key) > 200:
+        raise Unauthorized("send Authorization: Bearer <API key>")
+    with transaction() as conn:
+        workspace_id = workspaces.workspace_for_key_hash(conn, hash_key(key))
+    if workspace_id is None:
+        raise Unauthorized("unknown or revoked API key")
+    return workspace_id
+
+
+def list_api_keys(workspace_id: str) -> list[workspaces.ApiKey]:
+    with transaction() as conn:
+        return workspaces.list_api_keys(conn, workspace_id)
+
+
+def revoke_api_key(workspace_id: str, key_id: str) -> workspaces.ApiKey:
+    with transaction() as conn:
+        key = workspaces.revoke_api_key(conn, workspace_id, key_id)
+    if key is None:
+        raise NotFound(f"no API key {key_id}")
+    return key

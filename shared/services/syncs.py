@@ -1,0 +1,140 @@
+"""Sync definitions: the rules a sync must satisfy, and its lifecycle through the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from connectors import registry
+from shared import ids, schedules
+from shared.db import transaction
+from shared.errors import Invalid, NotFound
+from shared.pagination import Page, decode_cursor, page_of
+from shared.repositories import connections, runs, syncs
+from shared.settings import get_settings
+
+MODES = ("upsert", "insert", "update", "delete", "mirror")
+MODES_NEEDING_KEY = frozenset({"upsert", "update", "delete", "mirror"})
+
+# API body field → column.
+_COLUMNS = {
+    "name": "name",
+    "sourceQuery": "source_query",
+    "destinationId": "destination_id",
+    "sourceId": "source_id",
+    "objectName": "object_name",
+    "fieldMappings": "field_mappings",
+    "syncMode": "sync_mode",
+    "schedule": "schedule",
+    "enabled": "enabled",
+}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def next_run_at(schedule: dict[str, Any], enabled: bool, after: dt.datetime | None = None) -> dt.datetime | None:
+    if not enabled:
+        return None
+    return schedules.next_fire(schedule, after or _now())
+
+
+def _check(conn: Any, workspace_id: str, values: dict[str, Any]) -> None:
+    """Rules that need the database or a connector: the body schema checked the rest."""
+    destination = connections.get(conn, workspace_id, "destination", values["destination_id"])
+    if destination is None:
+        raise Invalid(f"no destination {values['destination_id']}", pointer="/destinationId")
+    if connections.get(conn, workspace_id, "source", values["source_id"]) is None:
+        raise Invalid(f"no source {values['source_id']}", pointer="/sourceId")
+    cls = registry.destination_class(destination.connector)
+    if values["sync_mode"] not in cls.supported_modes:
+        raise Invalid(
+            f"{destination.connector} does not support sync mode {values['sync_mode']!r};"
+            f" it supports {', '.join(sorted(cls.supported_modes))}",
+            pointer="/syncMode",
+        )
+    keys = [m for m in values["field_mappings"] if m.get("key")]
+    if values["sync_mode"] in MODES_NEEDING_KEY and len(keys) != 1:
+        raise Invalid(
+            f"sync mode {values['sync_mode']} needs exactly one key mapping (\"key\": true)",
+            pointer="/fieldMappings",
+        )
+    try:
+        values["schedule"] = schedules.validate(values["schedule"], get_settings().min_schedule_interval_s)
+    except schedules.ScheduleError as exc:
+        raise Invalid(str(exc), pointer=f"/schedule/{exc.field}") from None
+
+
+def _default_source_id(conn: Any, workspace_id: str) -> str:
+    source = connections.first_source(conn, workspace_id)
+    if source is None:
+        raise Invalid(
+            "the workspace has no source yet: create one (POST /api/reverse-etl/sources)"
+            " or pass sourceId",
+            pointer="/sourceId",
+        )
+    return source.id
+
+
+def create(workspace_id: str, body: dict[str, Any]) -> syncs.Sync:
+    values = {_COLUMNS[k]: v for k, v in body.items() if k in _COLUMNS}
+    values.setdefault("schedule", {"type": "manual"})
+    values.setdefault("enabled", True)
+    with transaction() as conn:
+        if not values.get("source_id"):
+            values["source_id"] = _default_source_id(conn, workspace_id)
+        _check(conn, workspace_id, values)
+        values["next_run_at"] = next_run_at(values["schedule"], values["enabled"])
+        return syncs.insert(conn, {"id": ids.new_id(ids.SYNC), "workspace_id": workspace_id, **values})
+
+
+def get(workspace_id: str, sync_id: str) -> syncs.Sync:
+    with transaction() as conn:
+        sync = syncs.get(conn, workspace_id, sync_id)
+    if sync is None:
+        raise NotFound(f"no sync {sync_id}")
+    return sync
+
+
+def list_page(
+    workspace_id: str, *, destination_id: str | None, enabled: bool | None, cursor: str | None, limit: int
+) -> Page[syncs.Sync]:
+    after = decode_cursor(cursor)
+    with transaction() as conn:
+        rows = syncs.list_page(
+            conn, workspace_id, destination_id=destination_id, enabled=enabled, after=after, limit=limit + 1
+        )
+    return page_of(rows, limit)
+
+
+def update(workspace_id: str, sync_id: str, body: dict[str, Any]) -> syncs.Sync:
+    """Partial update: the fields given replace the stored ones; the result is checked whole."""
+    with transaction() as conn:
+        sync = syncs.get(conn, workspace_id, sync_id, for_update=True)
+        if sync is None:
+            raise NotFound(f"no sync {sync_id}")
+        changes = {_COLUMNS[k]: v for k, v in body.items() if k in _COLUMNS}
+        if "source_id" in changes and not changes["source_id"]:
+            changes["source_id"] = _default_source_id(conn, workspace_id)
+        merged = {**sync.__dict__, **changes}
+        _check(conn, workspace_id, merged)
+        if "schedule" in changes:
+            changes["schedule"] = merged["schedule"]
+        if {"schedule", "enabled"} & changes.keys():
+            changes["next_run_at"] = next_run_at(merged["schedule"], merged["enabled"])
+        return syncs.update(conn, sync_id, changes) if changes else sync
+
+
+def toggle(workspace_id: str, sync_id: str, enabled: bool) -> syncs.Sync:
+    return update(workspace_id, sync_id, {"enabled": enabled})
+
+
+def delete(workspace_id: str, sync_id: str) -> syncs.Sync:
+    with transaction() as conn:
+        sync = syncs.get(conn, workspace_id, sync_id, for_update=True)
+        if sync is None:
+            raise NotFound(f"no sync {sync_id}")
+        # Queued runs of a deleted sync are cancelled; a running one finishes what it started.
+        runs.cancel_queued_for_sync(conn, sync_id)
+        return syncs.soft_delete(conn, sync_id)

@@ -1,0 +1,57 @@
+"""Settings read once from `RETL_*` environment variables into a frozen object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    secret_key: str | None
+    home: Path
+    source_statement_timeout_s: float
+    lease_seconds: float
+    heartbeat_seconds: float
+    beat_interval_s: float
+    min_schedule_interval_s: float
+    reaper_interval_s: float
+    log_level: str
+    queue: str
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("RETL_DATABASE_URL is not set (retl up starts an embedded Postgres)")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("RETL_REDIS_URL is not set (retl up starts an embedded Redis)")
+        return self.redis_url
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings(
+        database_url=os.environ.get("RETL_DATABASE_URL") or None,
+        redis_url=os.environ.get("RETL_REDIS_URL") or None,
+        secret_key=os.environ.get("RETL_SECRET_KEY") or None,
+        home=Path(os.environ.get("RETL_HOME") or ".retl").resolve(),
+        source_statement_timeout_s=_float("RETL_SOURCE_STATEMENT_TIMEOUT", 1800),
+        lease_seconds=_float("RETL_LEASE_SECONDS", 60),
+        heartbeat_seconds=_float("RETL_HEARTBEAT_SECONDS", 10),
+        beat_interval_s=_float("RETL_BEAT_INTERVAL_SECONDS", 5),
+        min_schedule_interval_s=_float("RETL_MIN_SCHEDULE_INTERVAL_SECONDS", 60),
+        reaper_interval_s=_float("RETL_REAPER_INTERVAL_SECONDS", 30),
+        log_level=os.environ.get("RETL_LOG_LEVEL", "INFO"),
+        queue=os.environ.get("RETL_QUEUE", "retl"),
+    )

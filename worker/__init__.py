@@ -1,0 +1,1 @@
+"""The Celery worker and the sync engine: lease → extract → plan → write batches → finalize."""
