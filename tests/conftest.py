@@ -16,23 +16,25 @@ from shared.settings import get_settings
 from tests import services
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-WORKER_NUMBER = int(WORKER.removeprefix("gw") or 0) if WORKER.startswith("gw") else 0
-TEST_DATABASE = f"retl_test_{WORKER}"
+# Per process, so that several test sessions on one machine never share state.
+TEST_DATABASE = f"retl_test_{WORKER}_{os.getpid()}"
 
 
 def _redis_url() -> str:
     base = services.redis_base_url()
-    number = 1 + WORKER_NUMBER
+    number = 1 + os.getpid() % 15  # database 0 is left to the service itself
     if base.startswith("unix://"):
         return f"{base}db={number}"
     return f"{base}/{number}"
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url() -> Iterator[str]:
     url = services.recreate_database(TEST_DATABASE)
     migrate(url)
-    return url
+    yield url
+    db.reset_pool()
+    services.drop_database(TEST_DATABASE)
 
 
 @pytest.fixture(scope="session")
@@ -46,12 +48,11 @@ def _environment(database_url: str, redis_url: str) -> Iterator[None]:
         RETL_DATABASE_URL=database_url,
         RETL_REDIS_URL=redis_url,
         RETL_SECRET_KEY="test-secret-key",
-        RETL_QUEUE=f"retl-test-{WORKER}",
+        RETL_QUEUE=f"retl-test-{os.getpid()}",
         RETL_HOME=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"retl-test-home-{WORKER}"),
     )
     get_settings.cache_clear()
     yield
-    db.reset_pool()
 
 
 def _tables(conn: psycopg.Connection) -> list[str]:
