@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 EXECUTE_RUN = "retl.execute_run"
 WRITE_BATCH = "retl.write_batch"
+REAP = "retl.reap"
+SCHEDULE_TICK = "retl.schedule_tick"
 
 
 @cache
