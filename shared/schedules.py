@@ -7,7 +7,7 @@ import re
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -46,7 +46,13 @@ def validate(schedule: dict[str, Any], min_interval_s: float) -> dict[str, Any]:
             raise ScheduleError("expression", "use five fields: minute hour day month weekday")
         timezone = schedule.get("timezone") or "UTC"
         zone(timezone)
-        return {"type": "cron", "expression": expression, "timezone": timezone}
+        canonical = {"type": "cron", "expression": expression, "timezone": timezone}
+        # croniter accepts dates that never come (`0 0 31 2 *`); such a sync would never run.
+        try:
+            next_fire(canonical, dt.datetime.now(dt.UTC))
+        except CroniterError:
+            raise ScheduleError("expression", f"{expression!r} never fires") from None
+        return canonical
     if kind == "interval":
         every = schedule.get("every")
         seconds = interval_seconds(every if isinstance(every, str) else "")
@@ -62,14 +68,48 @@ def next_fire(schedule: dict[str, Any], after: dt.datetime) -> dt.datetime | Non
     if kind == "cron":
         tz = zone(schedule.get("timezone") or "UTC")
         # Walk in local wall-clock time, then convert: this keeps 09:00 at 09:00 across DST.
-        # A time skipped by spring-forward fires just after the gap (fold=0 keeps the offset from
-        # before the change); a time repeated by fall-back fires at its first occurrence only.
-        candidate = after.astimezone(tz).replace(tzinfo=None)
+        # A wall time repeated by fall-back fires at its first occurrence only; one skipped by
+        # spring-forward fires at the instant the clocks jump (see `_first_instant_at`).
+        candidate = after.astimezone(tz).replace(tzinfo=None, fold=0)
         while True:
             candidate = croniter(schedule["expression"], candidate).get_next(dt.datetime)
-            fire = candidate.replace(tzinfo=tz, fold=0).astimezone(dt.UTC)
+            fire = _first_instant_at(candidate, tz)
             if fire > after:
                 return fire
     if kind == "interval":
         return after + dt.timedelta(seconds=interval_seconds(schedule["every"]))
     return None
+
+
+def next_fire_since(schedule: dict[str, Any], last_due: dt.datetime, now: dt.datetime) -> dt.datetime | None:
+    """The next fire strictly after `now` of a schedule that was last due at `last_due`.
+
+    Fires missed between the two are skipped, not replayed. Intervals keep their phase (a 15m
+    schedule due at :00 stays on :00, :15, …) however late the tick that handled it ran."""
+    if schedule.get("type") == "interval" and last_due <= now:
+        every = dt.timedelta(seconds=interval_seconds(schedule["every"]))
+        return last_due + every * ((now - last_due) // every + 1)
+    return next_fire(schedule, now)
+
+
+def _first_instant_at(wall: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+    """The first UTC instant at which clocks in `tz` show `wall` or later.
+
+    For an ordinary wall time that is the time itself (its first occurrence when fall-back
+    repeats it). For a wall time skipped by spring-forward it is the instant of the jump, so a
+    02:30 job in Berlin runs at 03:00 on that day rather than not at all or an hour late."""
+    first = wall.replace(tzinfo=tz, fold=0).astimezone(dt.UTC)
+    if first.astimezone(tz).replace(tzinfo=None) == wall:
+        return first
+    # In a gap, fold=1 reads the wall time with the offset after the jump (an instant before
+    # it) and fold=0 with the offset before (an instant after it): the jump lies between.
+    before = wall.replace(tzinfo=tz, fold=1).astimezone(dt.UTC)
+    after = first
+    second = dt.timedelta(seconds=1)
+    while after - before > second:
+        middle = before + ((after - before) // (2 * second)) * second
+        if middle.astimezone(tz).replace(tzinfo=None) >= wall:
+            after = middle
+        else:
+            before = middle
+    return after

@@ -86,3 +86,19 @@ def other_api_key() -> str:
     from shared.services.auth import create_api_key
 
     return create_api_key("globex").key
+
+
+@pytest.fixture
+def app():
+    from api import create_app
+
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

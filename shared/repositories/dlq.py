@@ -91,3 +91,9 @@ def resolve(conn: psycopg.Connection, entry_ids: list[str], resolution: str) -> 
         (resolution, entry_ids),
     ).fetchone()
     return row[0] if row else conn.execute("SELECT now()").fetchone()[0]
+
+
+def open_count_by_code(conn: psycopg.Connection) -> dict[str, int]:
+    return dict(conn.execute(
+        "SELECT error_code, count(*) FROM dlq_entries WHERE NOT resolved GROUP BY error_code"
+    ).fetchall())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
@@ -150,3 +149,7 @@ def cancel_queued_for_sync(conn: psycopg.Connection, sync_id: str) -> None:
         " updated_at = now() WHERE sync_id = %s AND status = 'queued'",
         (sync_id,),
     )
+
+
+def count_by_status(conn: psycopg.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())

@@ -37,6 +37,12 @@ def get_or_create_workspace(conn: psycopg.Connection, name: str) -> Workspace:
         return cur.fetchone()
 
 
+def get_workspace(conn: psycopg.Connection, workspace_id: str) -> Workspace:
+    with conn.cursor(row_factory=class_row(Workspace)) as cur:
+        cur.execute("SELECT id, name, created_at FROM workspaces WHERE id = %s", (workspace_id,))
+        return cur.fetchone()
+
+
 def insert_api_key(
     conn: psycopg.Connection, workspace_id: str, key_hash: str, display_hint: str
 ) -> ApiKey:

@@ -19,19 +19,30 @@ class IssuedKey:
     key_id: str
     workspace_id: str
     workspace_name: str
+    display_hint: str
+    created_at: object
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _issue(conn, workspace: workspaces.Workspace) -> IssuedKey:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    record = workspaces.insert_api_key(conn, workspace.id, hash_key(key), key[:12] + "...")
+    return IssuedKey(key, record.id, workspace.id, workspace.name, record.display_hint, record.created_at)
+
+
 def create_api_key(workspace_name: str = "default") -> IssuedKey:
     """A new key for the workspace (created if needed); only its hash is stored."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
     with transaction() as conn:
-        workspace = workspaces.get_or_create_workspace(conn, workspace_name)
-        record = workspaces.insert_api_key(conn, workspace.id, hash_key(key), key[:12] + "…")
-    return IssuedKey(key, record.id, workspace.id, workspace.name)
+        return _issue(conn, workspaces.get_or_create_workspace(conn, workspace_name))
+
+
+def create_api_key_in(workspace_id: str) -> IssuedKey:
+    """A new key for an existing workspace (an authenticated caller's own)."""
+    with transaction() as conn:
+        return _issue(conn, workspaces.get_workspace(conn, workspace_id))
 
 
 def workspace_for_bearer(authorization: str | None) -> str:

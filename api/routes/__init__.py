@@ -1,0 +1,3 @@
+"""Blueprints, one per resource; each route parses, calls one service, dumps."""
+
+PREFIX = "/api/reverse-etl"

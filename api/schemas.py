@@ -1,0 +1,286 @@
+"""Marshmallow schemas: request bodies and query strings (camelCase as the API documents them)
+and resource attributes (snake_case). The OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from shared import schedules
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.services.syncs import MODES, MODES_NEEDING_KEY
+from shared.settings import get_settings
+
+NAME = validate.Length(min=1, max=200)
+ID = validate.Length(min=1, max=100)
+QUERY_TEXT = validate.Length(min=1, max=200_000)
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 in UTC with a `Z`, as every timestamp of the API; input may carry any offset."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dt.datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+# ---- request bodies -------------------------------------------------------------------------
+
+
+class FieldMappingSchema(Strict):
+    source = fields.String(validate=validate.Length(min=1, max=500))
+    static = fields.Raw(allow_none=True)
+    template = fields.String(validate=validate.Length(min=1, max=10_000))
+    destination = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    key = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _one_value(self, data: dict[str, Any], **_: Any) -> None:
+        given = [name for name in ("source", "static", "template") if name in data]
+        if len(given) != 1:
+            raise ValidationError("give exactly one of source, static, template", "source")
+        if data.get("key") and "source" not in data:
+            raise ValidationError("a key mapping takes its value from a source column", "key")
+
+
+class ScheduleSchema(Strict):
+    type = fields.String(required=True, validate=validate.OneOf(["cron", "interval", "manual"]))
+    expression = fields.String(validate=validate.Length(max=200))
+    timezone = fields.String(validate=validate.Length(max=100))
+    every = fields.String(validate=validate.Length(max=50))
+
+    @validates_schema
+    def _valid(self, data: dict[str, Any], **_: Any) -> None:
+        if "type" not in data:
+            return
+        try:
+            schedules.validate(data, get_settings().min_schedule_interval_s)
+        except schedules.ScheduleError as exc:
+            raise ValidationError(str(exc), exc.field) from None
+
+
+class SyncBodySchema(Strict):
+    name = fields.String(required=True, validate=NAME)
+    sourceQuery = fields.String(required=True, validate=QUERY_TEXT)
+    destinationId = fields.String(required=True, validate=ID)
+    sourceId = fields.String(validate=ID, allow_none=True)
+    objectName = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    fieldMappings = fields.List(
+        fields.Nested(FieldMappingSchema), required=True, validate=validate.Length(min=1, max=1000)
+    )
+    syncMode = fields.String(required=True, validate=validate.OneOf(MODES))
+    schedule = fields.Nested(ScheduleSchema)
+    enabled = fields.Boolean()
+
+    @validates_schema
+    def _key_mapping(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
+        mode, mappings = data.get("syncMode"), data.get("fieldMappings")
+        if mode in MODES_NEEDING_KEY and mappings is not None:
+            keys = [m for m in mappings if m.get("key")]
+            if len(keys) != 1:
+                raise ValidationError(
+                    f"sync mode {mode} needs exactly one key mapping (\"key\": true)", "fieldMappings"
+                )
+
+
+class TriggerRunSchema(Strict):
+    syncId = fields.String(validate=ID)
+    syncIds = fields.List(fields.String(validate=ID), validate=validate.Length(min=1, max=500))
+    fullRefresh = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **_: Any) -> None:
+        if ("syncId" in data) == ("syncIds" in data):
+            raise ValidationError("give syncId or syncIds", "syncId")
+
+
+class ToggleSchema(Strict):
+    syncId = fields.String(required=True, validate=ID)
+    enabled = fields.Boolean(required=True)
+
+
+class ResolveSchema(Strict):
+    entryIds = fields.List(
+        fields.String(validate=ID), required=True, validate=validate.Length(min=1, max=1000)
+    )
+    resolution = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    replay = fields.Boolean(load_default=False)
+
+
+class ConnectionBodySchema(Strict):
+    name = fields.String(required=True, validate=NAME)
+    connector = fields.String(required=True, validate=validate.Length(min=1, max=50))
+    config = fields.Dict(keys=fields.String(validate=validate.Length(max=100)), required=True)
+
+
+class ConnectionUpdateSchema(Strict):
+    name = fields.String(validate=NAME)
+    config = fields.Dict(keys=fields.String(validate=validate.Length(max=100)))
+
+
+class ApiKeyBodySchema(Strict):
+    pass
+
+
+# ---- query strings --------------------------------------------------------------------------
+
+
+class PageQuery(Strict):
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1, max=MAX_LIMIT))
+    cursor = fields.String(validate=validate.Length(max=500))
+
+
+class SyncListQuery(PageQuery):
+    destination_id = fields.String(validate=ID)
+    enabled = fields.Boolean()
+
+
+class RunListQuery(PageQuery):
+    sync_id = fields.String(validate=ID)
+    status = fields.String(validate=validate.OneOf(RUN_STATUSES))
+
+
+class DlqListQuery(PageQuery):
+    sync_id = fields.String(validate=ID)
+    resolved = fields.Boolean(load_default=False)
+
+
+class DlqStatsQuery(Strict):
+    sync_id = fields.String(validate=ID)
+    since = UtcDateTime()
+
+
+class ConnectionListQuery(PageQuery):
+    connector = fields.String(validate=validate.Length(max=50))
+
+
+class ObjectsQuery(Strict):
+    destination_id = fields.String(required=True, validate=ID)
+    search = fields.String(validate=validate.Length(max=200))
+
+
+class FieldsQuery(Strict):
+    destination_id = fields.String(required=True, validate=ID)
+    object_name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class EmptyQuery(Strict):
+    pass
+
+
+# ---- resource attributes --------------------------------------------------------------------
+
+
+class SyncAttributes(Schema):
+    name = fields.String()
+    source_query = fields.String()
+    source_id = fields.String()
+    destination_id = fields.String()
+    object_name = fields.String()
+    field_mappings = fields.List(fields.Dict())
+    sync_mode = fields.String()
+    enabled = fields.Boolean()
+    schedule = fields.Dict()
+    next_run_at = UtcDateTime(allow_none=True)
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()
+
+
+class DeletedAttributes(Schema):
+    deleted = fields.Boolean()
+    deleted_at = UtcDateTime()
+
+
+class RunAttributes(Schema):
+    sync_id = fields.String()
+    status = fields.String()
+    trigger = fields.String()
+    full_refresh = fields.Boolean()
+    scheduled_for = UtcDateTime(allow_none=True)
+    rows_read = fields.Integer()
+    rows_written = fields.Integer()
+    rows_failed = fields.Integer()
+    rows_added = fields.Integer()
+    rows_changed = fields.Integer()
+    rows_removed = fields.Integer()
+    rows_unchanged = fields.Integer()
+    error = fields.String(allow_none=True)
+    created_at = UtcDateTime()
+    started_at = UtcDateTime(allow_none=True)
+    finished_at = UtcDateTime(allow_none=True)
+
+
+class DlqEntryAttributes(Schema):
+    sync_id = fields.String()
+    run_id = fields.String()
+    error_code = fields.String()
+    message = fields.String()
+    record_keys = fields.Dict()
+    attempts = fields.Integer()
+    first_seen_at = UtcDateTime()
+    last_seen_at = UtcDateTime()
+    resolved = fields.Boolean()
+    resolved_at = UtcDateTime(allow_none=True)
+    resolution = fields.String(allow_none=True)
+
+
+class DlqStatsAttributes(Schema):
+    open_count = fields.Integer()
+    resolved_count = fields.Integer()
+    by_error_code = fields.Dict(keys=fields.String(), values=fields.Integer())
+    computed_at = UtcDateTime()
+
+
+class DlqResolveAttributes(Schema):
+    resolved_ids = fields.List(fields.String())
+    replay_run_id = fields.String(allow_none=True)
+    replay_run_ids = fields.List(fields.String())
+    resolved_at = UtcDateTime()
+
+
+class ConnectionAttributes(Schema):
+    name = fields.String()
+    connector = fields.String()
+    status = fields.String()
+    status_message = fields.String(allow_none=True)
+    objects_discoverable = fields.Boolean()
+    config = fields.Dict()
+    secrets_set = fields.List(fields.String())
+    checked_at = UtcDateTime(allow_none=True)
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()
+
+
+class ObjectAttributes(Schema):
+    label = fields.String()
+    api_name = fields.String()
+    supports_upsert = fields.Boolean()
+    writable = fields.Boolean()
+
+
+class FieldAttributes(Schema):
+    label = fields.String()
+    data_type = fields.String()
+    required = fields.Boolean()
+    updateable = fields.Boolean()
+    external_id = fields.Boolean()
+
+
+class ApiKeyAttributes(Schema):
+    display_hint = fields.String()
+    key = fields.String()
+    created_at = UtcDateTime()
+    revoked_at = UtcDateTime(allow_none=True)
