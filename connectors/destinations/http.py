@@ -74,7 +74,7 @@ _TYPE_ALIASES = {
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     """`Retry-After` as seconds from now; it is either delta-seconds or an HTTP-date."""
     if not value:
         return None
@@ -305,13 +305,13 @@ class HttpDestination(Destination):
         if status == 429:
             raise RetryableError(
                 f"{self.url} is rate limiting (HTTP 429): {text}",
-                retry_after=_retry_after_seconds(response.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
                 code="RATE_LIMIT",
             )
         if status >= 500:
             raise RetryableError(
                 f"{self.url} failed (HTTP {status}): {text}",
-                retry_after=_retry_after_seconds(response.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
         if status in (401, 403):
             raise AuthError(

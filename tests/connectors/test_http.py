@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from connectors.destinations.base import DestinationField, Record, RecordResult
-from connectors.destinations.http import HttpDestination, _retry_after_seconds
+from connectors.destinations.http import HttpDestination, retry_after_seconds
 from connectors.errors import AuthError, ConnectorError, RetryableError
 from connectors.registry import destination_class
 from tests.fakes.http_sink import FakeHttpSink
@@ -225,7 +225,7 @@ def test_batch_over_receiver_limit_is_refused_and_batch_size_capped() -> None:
     assert make("http://127.0.0.1:1/x", batchSize=50_000).batch_size_for("upsert", 10) == 10_000
 
 
-def test_429_with_retry_after_seconds(sink: FakeHttpSink) -> None:
+def test_429_withretry_after_seconds(sink: FakeHttpSink) -> None:
     sink.fail_next(429, {"error": "slow down"}, {"Retry-After": "7"})
     with pytest.raises(RetryableError) as caught:
         make(sink.url).write_batch("records", "upsert", "id", people(1))
@@ -236,11 +236,11 @@ def test_429_with_retry_after_seconds(sink: FakeHttpSink) -> None:
 
 def test_retry_after_http_date() -> None:
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)
-    seconds = _retry_after_seconds(email.utils.format_datetime(later, usegmt=True))
+    seconds = retry_after_seconds(email.utils.format_datetime(later, usegmt=True))
     assert seconds is not None and 100 < seconds <= 120
-    assert _retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0
-    assert _retry_after_seconds("soon") is None
-    assert _retry_after_seconds(None) is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
