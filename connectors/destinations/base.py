@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 Operation = Literal["upsert", "insert", "update", "delete"]
@@ -120,7 +120,7 @@ class Destination(ABC):
         """Turn an already cast Python value into the vendor's wire format (dates, datetimes)."""
         return value
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; the default holds nothing
         """Release sessions and connections."""
 
     @classmethod

@@ -38,7 +38,7 @@ class Source(ABC):
         The content hash covers `columns` in order; its exact form is the source's own, but it
         is stable for the same values across runs of the same source."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; the default holds nothing
         """Release connections."""
 
     @classmethod
