@@ -302,7 +302,6 @@ class HubSpotDestination(Destination):
         batch/read by idProperty. Keys HubSpot does not know are already gone: they count as
         deleted, as does archiving an id that no longer exists (HubSpot answers 204 for it)."""
         results: list[RecordResult | None] = [None] * len(records)
-        record_ids: dict[int, str] = {}
         if key_field == RECORD_ID_PROPERTY:
             record_ids = {index: record.key for index, record in enumerate(records)}
         else:
@@ -622,7 +621,7 @@ class HubSpotDestination(Destination):
         )
 
 
-# --- helpers ------------------------------------------------------------------------------
+# --- request and answer plumbing ---------------------------------------------------------
 
 
 def _objects_path(object_name: str) -> str:
@@ -760,8 +759,11 @@ def _culprits(reply: _Reply, records: list[Record]) -> dict[int, str]:
 
 def _properties(record: Record) -> dict[str, Any]:
     # HubSpot clears a property given an empty string; JSON null is not a documented value.
+    # hs_object_id is HubSpot's own record id: it addresses a record and is never written.
     return {
-        name: "" if value is None else _wire_value(value) for name, value in record.fields.items()
+        name: "" if value is None else _wire_value(value)
+        for name, value in record.fields.items()
+        if name != RECORD_ID_PROPERTY
     }
 
 

@@ -176,12 +176,18 @@ def test_upsert_by_record_id_updates_existing_records(
         "contacts",
         "upsert",
         "hs_object_id",
-        [Record(existing, {"firstname": "Ann"}), Record("999999", {"firstname": "Nobody"})],
+        [
+            Record(existing, {"hs_object_id": existing, "firstname": "Ann"}),
+            Record("999999", {"hs_object_id": "999999", "firstname": "Nobody"}),
+        ],
     )
     assert results[0].ok and results[0].external_id == existing
     assert results[1].code == "NOT_FOUND"
     assert fake.get("contacts", existing)["firstname"] == "Ann"
-    assert "idProperty" not in sent_inputs(fake, "update")[0]
+    sent = sent_inputs(fake, "update")[0]
+    assert "idProperty" not in sent and sent["id"] == existing
+    # HubSpot's record id addresses the record; it is never sent as a property.
+    assert sent["properties"] == {"firstname": "Ann"}
 
 
 def test_insert_creates_records_and_reports_their_ids(

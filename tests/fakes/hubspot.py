@@ -294,7 +294,7 @@ class FakeHubSpot(FakeServer):
         super().__enter__()
         return self
 
-    # --- test helpers ---------------------------------------------------------------------
+    # --- what tests arrange and inspect -------------------------------------------------
 
     def seed(self, object_type: str, properties: dict[str, Any]) -> str:
         """Store a record as if it already existed in the account; returns its id."""
@@ -767,7 +767,7 @@ class FakeHubSpot(FakeServer):
         return text.lower() if kind.folds(name) else text
 
 
-# --- module helpers -----------------------------------------------------------------------
+# --- validation and answer shapes ----------------------------------------------------------
 
 
 def _now() -> str:
