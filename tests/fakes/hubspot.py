@@ -285,15 +285,6 @@ class FakeHubSpot(FakeServer):
         self._next_id = 1001
         self._state = threading.Lock()
 
-    def __enter__(self) -> FakeHubSpot:
-        # shutdown() waits for the serve loop's next poll (0.5 s by default): poll often so
-        # that every test using the fake ends promptly.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        super().__enter__()
-        return self
-
     # --- what tests arrange and inspect -------------------------------------------------
 
     def seed(self, object_type: str, properties: dict[str, Any]) -> str:
