@@ -32,6 +32,15 @@ class UtcDateTime(fields.DateTime):
         return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+class JsonBoolean(fields.Boolean):
+    """A boolean in a JSON body: `true` or `false` only, not `"no"`, `"1"` or `0`."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -45,7 +54,7 @@ class FieldMappingSchema(Strict):
     static = fields.Raw(allow_none=True)
     template = fields.String(validate=validate.Length(min=1, max=10_000))
     destination = fields.String(required=True, validate=validate.Length(min=1, max=500))
-    key = fields.Boolean(load_default=False)
+    key = JsonBoolean(load_default=False)
 
     @validates_schema
     def _one_value(self, data: dict[str, Any], **_: Any) -> None:
@@ -83,7 +92,7 @@ class SyncBodySchema(Strict):
     )
     syncMode = fields.String(required=True, validate=validate.OneOf(MODES))
     schedule = fields.Nested(ScheduleSchema)
-    enabled = fields.Boolean()
+    enabled = JsonBoolean()
 
     @validates_schema
     def _key_mapping(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
@@ -99,7 +108,7 @@ class SyncBodySchema(Strict):
 class TriggerRunSchema(Strict):
     syncId = fields.String(validate=ID)
     syncIds = fields.List(fields.String(validate=ID), validate=validate.Length(min=1, max=500))
-    fullRefresh = fields.Boolean(load_default=False)
+    fullRefresh = JsonBoolean(load_default=False)
 
     @validates_schema
     def _one_of(self, data: dict[str, Any], **_: Any) -> None:
@@ -109,7 +118,7 @@ class TriggerRunSchema(Strict):
 
 class ToggleSchema(Strict):
     syncId = fields.String(required=True, validate=ID)
-    enabled = fields.Boolean(required=True)
+    enabled = JsonBoolean(required=True)
 
 
 class ResolveSchema(Strict):
@@ -117,7 +126,7 @@ class ResolveSchema(Strict):
         fields.String(validate=ID), required=True, validate=validate.Length(min=1, max=1000)
     )
     resolution = fields.String(required=True, validate=validate.Length(min=1, max=100))
-    replay = fields.Boolean(load_default=False)
+    replay = JsonBoolean(load_default=False)
 
 
 class ConnectionBodySchema(Strict):
