@@ -269,6 +269,8 @@ def _collection_result(item: Any, operation: str) -> RecordResult:
 def _combine(results: list[RecordResult]) -> RecordResult:
     """One record written as several rows (a delete of every record sharing a key): it succeeded
     when every row did."""
+    if not results:
+        return RecordResult.failure("UNKNOWN", "Salesforce reported no result for this record")
     for result in results:
         if not result.ok:
             return result
@@ -692,7 +694,14 @@ class SalesforceDestination(Destination):
                 f"Salesforce cannot {operation!r}; use upsert, insert, update or delete"
             )
         self._check_identifier(object_name, "object")
-        self._check_identifier(key_field, "field")
+        # An insert without a key mapping has no key field: its keys are content hashes.
+        if key_field or operation != "insert":
+            self._check_identifier(key_field, "field")
+        if operation == "upsert" and key_field == "Id":
+            raise ConnectorError(
+                "Salesforce upserts match on an external id field, not on Id: choose an "
+                "external id field as the key, or sync in update mode"
+            )
         if len(records) > COLLECTION_LIMIT:
             return self._write_bulk(object_name, operation, key_field, records)
         return self._write_collection(object_name, operation, key_field, records)
@@ -701,7 +710,8 @@ class SalesforceDestination(Destination):
         """The field values to send for `record`. Upsert and insert carry the key in its field
         (upsert matches on it); the Id is never a writable field."""
         values = {name: value for name, value in record.fields.items() if name != "Id"}
-        if operation in ("upsert", "insert") and key_field != "Id" and key_field not in values:
+        carries_key = bool(key_field) and key_field != "Id"
+        if operation in ("upsert", "insert") and carries_key and key_field not in values:
             values[key_field] = record.key
         return values
 
@@ -921,7 +931,7 @@ class SalesforceDestination(Destination):
         rows: list[_BulkRow] = []
         match_column: str | None
         if operation in ("upsert", "insert"):
-            match_column = key_field if key_field != "Id" else None
+            match_column = key_field if key_field and key_field != "Id" else None
             for index, record in enumerate(records):
                 rows.append(_BulkRow(index, self._values(record, operation, key_field)))
         else:

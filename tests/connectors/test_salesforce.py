@@ -268,6 +268,19 @@ def test_insert(org: FakeSalesforce, salesforce: SalesforceDestination) -> None:
     assert _paths(org, "POST")[-1] == "/services/data/v62.0/composite/sobjects"
 
 
+def test_insert_without_a_key_field(org: FakeSalesforce, salesforce: SalesforceDestination) -> None:
+    # Insert mode without a key mapping: the key is a content hash and no field carries it.
+    small = [Record(f"hash{n}", {"LastName": f"L{n}"}) for n in range(3)]
+    assert all(r.ok for r in salesforce.write_batch("Contact", "insert", "", small))
+    large = [Record(f"hash{n}", {"LastName": f"B{n}"}) for n in range(201)]
+    results = salesforce.write_batch("Contact", "insert", "", large)
+    assert all(r.ok for r in results)
+    by_id = {c["Id"]: c for c in org.records("Contact")}
+    assert len(by_id) == 204
+    assert by_id[results[150].external_id]["LastName"] == "B150"
+    assert not any("hash" in str(c) for c in by_id.values())
+
+
 def test_per_record_failures_carry_the_vendor_message(
     org: FakeSalesforce, salesforce: SalesforceDestination
 ) -> None:
@@ -364,6 +377,8 @@ def test_upsert_on_a_field_that_is_not_an_external_id(salesforce: SalesforceDest
         ConnectorError, match="Provided external ID field does not exist or is not accessible: Name"
     ):
         salesforce.write_batch("Account", "upsert", "Name", [Record("Acme", {"Name": "Acme"})])
+    with pytest.raises(ConnectorError, match="not on Id"):
+        salesforce.write_batch("Account", "upsert", "Id", [Record("001x", {"Name": "Acme"})])
 
 
 def test_update_looks_ids_up_and_reports_missing_keys(
@@ -835,3 +850,23 @@ def test_refresh_during_a_bulk_job(org: FakeSalesforce) -> None:
     results = destination.write_batch("Account", "upsert", "External_Id__c", _accounts(205))
     assert all(r.ok for r in results)
     assert org.token_requests == 1
+
+
+def test_the_fake_checks_soql_literal_quoting(org: FakeSalesforce) -> None:
+    def query(soql: str) -> requests.Response:
+        return requests.get(
+            f"{org.url}/services/data/v62.0/query",
+            params={"q": soql},
+            headers={"Authorization": f"Bearer {org.access_token}"},
+            timeout=10,
+        )
+
+    unquoted = query("SELECT Id, Email FROM Contact WHERE Email IN (a)")
+    assert unquoted.status_code == 400
+    assert unquoted.json()[0]["errorCode"] == "INVALID_QUERY_FILTER_OPERATOR"
+    quoted_number = query("SELECT Id FROM Contact WHERE Customer_Number__c IN ('1')")
+    assert quoted_number.json()[0]["errorCode"] == "INVALID_QUERY_FILTER_OPERATOR"
+    bad_escape = query("SELECT Id FROM Contact WHERE Email IN ('a\\qb')")
+    assert bad_escape.json()[0]["errorCode"] == "MALFORMED_QUERY"
+    unknown = query("SELECT Id FROM Nope__c WHERE Name IN ('a')")
+    assert unknown.json()[0]["errorCode"] == "INVALID_TYPE"

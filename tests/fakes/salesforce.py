@@ -627,7 +627,7 @@ class FakeSalesforce(FakeServer):
                 return _error(404, "NOT_FOUND", "The requested resource does not exist")
             upsert_field = tail[1]
             described = upsert_object.fields.get(upsert_field)
-            if described is None or not (described.external_id or upsert_field == "Id"):
+            if described is None or not described.external_id:
                 return _error(
                     404,
                     "NOT_FOUND",
@@ -1028,7 +1028,8 @@ class FakeSalesforce(FakeServer):
     def _process(self, job: _Job) -> None:
         obj = self.objects[job.object]
         text = job.data.decode("utf-8-sig")
-        if job.line_ending == "LF" and "\r\n" in text:
+        header_end = text.find("\n")
+        if job.line_ending == "LF" and header_end > 0 and text[header_end - 1] == "\r":
             return self._fail(
                 job,
                 (
