@@ -8,6 +8,9 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from shared import ids
 
 COLUMNS = (
     "id, workspace_id, sync_id, run_id, record_key, record_keys, error_code, message, attempts,"
@@ -97,3 +100,39 @@ def open_count_by_code(conn: psycopg.Connection) -> dict[str, int]:
     return dict(conn.execute(
         "SELECT error_code, count(*) FROM dlq_entries WHERE NOT resolved GROUP BY error_code"
     ).fetchall())
+
+
+@dataclass
+class FailedRecord:
+    """A record a run could not deliver, as the DLQ keeps it."""
+
+    record_key: str
+    record_keys: dict[str, Any]
+    error_code: str
+    message: str
+
+
+def upsert_open(
+    conn: psycopg.Connection, *, workspace_id: str, sync_id: str, run_id: str,
+    failures: list[FailedRecord],
+) -> None:
+    """One open entry per (sync, record key): a new failure opens one, a repeated failure
+    updates the open one (latest run, code and message) and counts one more attempt."""
+    if not failures:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO dlq_entries (id, workspace_id, sync_id, run_id, record_key, record_keys,"
+            " error_code, message) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (sync_id, record_key) WHERE NOT resolved DO UPDATE"
+            " SET run_id = EXCLUDED.run_id, error_code = EXCLUDED.error_code,"
+            " message = EXCLUDED.message, record_keys = EXCLUDED.record_keys,"
+            " attempts = dlq_entries.attempts + 1, last_seen_at = now()"
+            " WHERE dlq_entries.run_id <> EXCLUDED.run_id"
+            "  OR dlq_entries.error_code <> EXCLUDED.error_code",
+            [
+                (ids.new_id(ids.DLQ_ENTRY), workspace_id, sync_id, run_id, f.record_key,
+                 Jsonb(f.record_keys), f.error_code, f.message)
+                for f in failures
+            ],
+        )

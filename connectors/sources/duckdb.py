@@ -1,0 +1,156 @@
+"""DuckDB source: a database file opened read-only, or `:memory:` over parquet/CSV paths named in
+the query. Only a single SELECT runs; a timer interrupts a query past the statement timeout."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import duckdb
+
+from connectors.destinations.base import ConfigField
+from connectors.errors import ConnectorError
+from connectors.sources.base import Source
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class DuckDbSource(Source):
+    type: ClassVar[str] = "duckdb"
+    label: ClassVar[str] = "DuckDB"
+    config_fields: ClassVar[tuple[ConfigField, ...]] = (
+        ConfigField(
+            "path", default=":memory:",
+            description="A DuckDB database file (opened read-only), or :memory: to query"
+            " parquet/CSV files named in the query.",
+        ),
+    )
+
+    def __init__(self, config: dict[str, Any], *, statement_timeout_s: float = 1800) -> None:
+        super().__init__(config, statement_timeout_s=statement_timeout_s)
+        self.path = str(config.get("path") or ":memory:")
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        try:
+            if self.path == ":memory:":
+                return duckdb.connect(":memory:")
+            return duckdb.connect(self.path, read_only=True)
+        except duckdb.Error as exc:
+            raise ConnectorError(f"cannot open DuckDB database {self.path}: {exc}") from None
+
+    @staticmethod
+    def _checked(query: str) -> str:
+        """The query, if it is one read-only SELECT; a write is refused before it runs."""
+        text = query.strip().rstrip(";").strip()
+        try:
+            statements = duckdb.connect(":memory:").extract_statements(text)
+        except duckdb.Error as exc:
+            raise ConnectorError(f"the source query failed: {exc}") from None
+        if len(statements) != 1:
+            raise ConnectorError("the source query must be exactly one SELECT statement")
+        kind = statements[0].type
+        if kind != duckdb.StatementType.SELECT:
+            raise ConnectorError(
+                f"the source query must be a read-only SELECT; {kind.name} statements are not"
+                " run (sources are read-only)"
+            )
+        return text
+
+    @contextmanager
+    def _deadline(self, conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        """Interrupt the connection's query when the statement timeout passes."""
+        timer = threading.Timer(self.statement_timeout_s, conn.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _run(self, query: str, statement: str, params: list | None = None,
+             chunk_size: int = 10_000) -> Iterator[list[tuple]]:
+        conn = self._connect()
+        try:
+            with self._deadline(conn):
+                try:
+                    result = conn.execute(statement, params)
+                    while chunk := result.fetchmany(chunk_size):
+                        yield chunk
+                except duckdb.InterruptException:
+                    raise ConnectorError(
+                        f"the source query ran past the statement timeout of"
+                        f" {self.statement_timeout_s:g} s", code="TIMEOUT",
+                    ) from None
+                except duckdb.Error as exc:
+                    raise ConnectorError(f"the source query failed: {exc}") from None
+        finally:
+            conn.close()
+
+    def test(self) -> None:
+        conn = self._connect()
+        conn.execute("SELECT 1").fetchall()
+        conn.close()
+
+    def columns(self, query: str) -> list[str]:
+        text = self._checked(query)
+        conn = self._connect()
+        try:
+            # LIMIT 0: DuckDB binds the query and reports its columns without reading rows.
+            result = conn.execute(f"SELECT * FROM (\n{text}\n) AS q LIMIT 0")
+            return [column[0] for column in result.description]
+        except duckdb.Error as exc:
+            raise ConnectorError(f"the source query failed: {exc}") from None
+        finally:
+            conn.close()
+
+    def stream(self, query: str, chunk_size: int = 10_000) -> Iterator[list[tuple]]:
+        text = self._checked(query)
+        yield from self._run(query, f"SELECT * FROM (\n{text}\n) AS q", chunk_size=chunk_size)
+
+    @staticmethod
+    def _hash_expression(columns: list[str]) -> str:
+        if not columns:
+            return "md5('')"
+        return f"md5(CAST(row({', '.join('q.' + _quote(c) for c in columns)}) AS VARCHAR))"
+
+    @classmethod
+    def _key_expression(cls, key_column: str | None, columns: list[str]) -> str:
+        if key_column is None:
+            return cls._hash_expression(columns)
+        return f"CAST(q.{_quote(key_column)} AS VARCHAR)"
+
+    def stream_key_hashes(
+        self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 50_000
+    ) -> Iterator[list[tuple[Any, str]]]:
+        """(key as text, md5 of the row's `columns`). Without a key column the hash is the key."""
+        text = self._checked(query)
+        statement = (
+            f"SELECT {self._key_expression(key_column, columns)}, {self._hash_expression(columns)}"
+            f" FROM (\n{text}\n) AS q"
+        )
+        yield from self._run(query, statement, chunk_size=chunk_size)
+
+    def stream_rows_for_keys(
+        self, query: str, key_column: str | None, columns: list[str], keys: list[str] | None,
+        chunk_size: int = 10_000,
+    ) -> Iterator[list[tuple]]:
+        """Rows of `query` as (key text, *columns), only those whose key is in `keys` (all when
+        None), filtered inside DuckDB."""
+        text = self._checked(query)
+        selected = ", ".join(
+            [f"{self._key_expression(key_column, columns)} AS __retl_key"]
+            + [f"q.{_quote(c)}" for c in columns]
+        )
+        statement = f"SELECT {selected} FROM (\n{text}\n) AS q"
+        params = None
+        if keys is not None:
+            statement = (
+                f"SELECT * FROM ({statement}) AS k"
+                " WHERE k.__retl_key IN (SELECT unnest(CAST(? AS VARCHAR[])))"
+            )
+            params = [keys]
+        yield from self._run(query, statement, params, chunk_size=chunk_size)

@@ -1,0 +1,611 @@
+"""The sync engine's SQL: leases and fencing, staging and the set-based diff, batches, fan-in,
+the snapshot, finalization and what the reaper looks for.
+
+Every write a run makes after it was leased goes through `fence`, which locks the run row and
+checks the fencing token, so a worker that lost its lease can no longer change anything."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import class_row
+
+
+class LeaseLost(Exception):
+    """The run is no longer this worker's: another took it over, or it ended."""
+
+
+# -- leases --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Lease:
+    run_id: str
+    sync_id: str
+    workspace_id: str
+    fencing_token: int
+    full_refresh: bool
+    replay_keys: list[str] | None
+
+
+def take_lease(
+    conn: psycopg.Connection, run_id: str, owner: str, lease_seconds: float
+) -> Lease | None:
+    """Start a queued run, or take over a running one whose planner's lease expired.
+
+    Raises psycopg.errors.UniqueViolation when another run of the sync is running."""
+    with conn.cursor(row_factory=class_row(Lease)) as cur:
+        cur.execute(
+            "UPDATE runs r SET status = 'running', lease_owner = %s,"
+            " lease_expires_at = now() + make_interval(secs => %s),"
+            " fencing_token = r.fencing_token + 1, started_at = coalesce(r.started_at, now()),"
+            " rows_read = 0, rows_written = 0, rows_failed = 0, rows_added = 0,"
+            " rows_changed = 0, rows_removed = 0, rows_unchanged = 0, updated_at = now()"
+            " WHERE r.id = %s AND (r.status = 'queued'"
+            "   OR (r.status = 'running' AND r.lease_expires_at < now() AND NOT EXISTS ("
+            "       SELECT 1 FROM run_progress p WHERE p.run_id = r.id AND p.phase <> 'planning')))"
+            " RETURNING r.id AS run_id, r.sync_id, r.workspace_id, r.fencing_token,"
+            " r.full_refresh, r.replay_keys",
+            (owner, lease_seconds, run_id),
+        )
+        return cur.fetchone()
+
+
+@dataclass
+class RunState:
+    status: str
+    lease_expires_at: dt.datetime | None
+    seconds_left: float
+    cancel_requested: bool
+    phase: str | None
+
+
+def run_state(conn: psycopg.Connection, run_id: str) -> RunState | None:
+    with conn.cursor(row_factory=class_row(RunState)) as cur:
+        cur.execute(
+            "SELECT r.status, r.lease_expires_at,"
+            " greatest(0, extract(epoch FROM r.lease_expires_at - now()))::float8 AS seconds_left,"
+            " r.cancel_requested, p.phase"
+            " FROM runs r LEFT JOIN run_progress p ON p.run_id = r.id WHERE r.id = %s",
+            (run_id,),
+        )
+        return cur.fetchone()
+
+
+def heartbeat(
+    conn: psycopg.Connection, run_id: str, token: int, lease_seconds: float
+) -> bool | None:
+    """Extend the lease; None when it was lost, else whether a cancel was requested."""
+    row = conn.execute(
+        "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s)"
+        " WHERE id = %s AND fencing_token = %s AND status = 'running' RETURNING cancel_requested",
+        (lease_seconds, run_id, token),
+    ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def fence(conn: psycopg.Connection, run_id: str, token: int) -> bool:
+    """Lock the run row for this transaction; False (nothing locked) if the token is stale.
+    Returns whether a cancel was requested."""
+    row = conn.execute(
+        "SELECT cancel_requested FROM runs WHERE id = %s AND fencing_token = %s"
+        " AND status = 'running' FOR NO KEY UPDATE",
+        (run_id, token),
+    ).fetchone()
+    if row is None:
+        raise LeaseLost(run_id)
+    return bool(row[0])
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+
+def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
+    """Forget whatever an earlier attempt at this run staged, and start its progress row."""
+    for table in ("run_ops", "run_batches", "run_failures"):
+        conn.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
+    conn.execute(
+        "INSERT INTO run_progress (run_id) VALUES (%s) ON CONFLICT (run_id) DO UPDATE"
+        " SET phase = 'planning', batches_total = NULL, batches_done = 0, abort_error = NULL,"
+        " abort_code = NULL, finished_at = NULL, updated_at = now()",
+        (run_id,),
+    )
+
+
+def create_stage(conn: psycopg.Connection) -> None:
+    """A session-private table for (position, key, hash) of every row the source returned."""
+    conn.execute("DROP TABLE IF EXISTS retl_stage")
+    conn.execute(
+        "CREATE TEMP TABLE retl_stage (seq bigint, record_key text, content_hash text)"
+        " ON COMMIT PRESERVE ROWS"
+    )
+
+
+def copy_into_stage(
+    conn: psycopg.Connection, chunks: Iterable[list[tuple[str | None, str]]], on_chunk=None
+) -> int:
+    """COPY the (key, hash) chunks into the stage in arrival order; the number of rows."""
+    seq = 0
+    with conn.cursor() as cur:
+        with cur.copy("COPY retl_stage (seq, record_key, content_hash) FROM STDIN") as copy:
+            for chunk in chunks:
+                for key, content_hash in chunk:
+                    seq += 1
+                    copy.write_row((seq, key, content_hash))
+                if on_chunk is not None:
+                    on_chunk(seq)
+    return seq
+
+
+def restrict_stage_to_keys(conn: psycopg.Connection, keys: list[str]) -> None:
+    """A replay: keep only the rows of the records asked for."""
+    conn.execute(
+        "DELETE FROM retl_stage WHERE record_key IS NULL OR NOT (record_key = ANY(%s::text[]))",
+        (keys,),
+    )
+
+
+@dataclass
+class Rejected:
+    record_key: str
+    error_code: str
+    rows: int
+
+
+def stage_rejects(conn: psycopg.Connection, run_id: str) -> list[Rejected]:
+    """Rows with a null key (one failure, key '') and every later occurrence of a duplicate key
+    become failures of the run; the rows that stay are the first occurrence of each key."""
+    conn.execute("ANALYZE retl_stage")
+    conn.execute(
+        "CREATE TEMP TABLE retl_dups ON COMMIT DROP AS"
+        " SELECT record_key, min(seq) AS first_seq, count(*) - 1 AS extra FROM retl_stage"
+        " WHERE record_key IS NOT NULL GROUP BY record_key HAVING count(*) > 1"
+    )
+    conn.execute(
+        "DELETE FROM retl_stage s USING retl_dups d"
+        " WHERE s.record_key = d.record_key AND s.seq <> d.first_seq"
+    )
+    nulls = conn.execute("DELETE FROM retl_stage WHERE record_key IS NULL").rowcount
+    conn.execute(
+        "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
+        " SELECT %s, record_key, record_key, 'DUPLICATE_KEY',"
+        "  'the key ' || record_key || ' appears ' || (extra + 1)"
+        "  || ' times in the result; the first row was used', extra FROM retl_dups",
+        (run_id,),
+    )
+    if nulls:
+        conn.execute(
+            "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
+            " VALUES (%s, '', NULL, 'NULL_KEY', %s, %s)",
+            (run_id, f"{nulls} row(s) of the result have a null key and were not sent", nulls),
+        )
+    rows = conn.execute(
+        "SELECT record_key, error_code, rows FROM run_failures WHERE run_id = %s", (run_id,)
+    ).fetchall()
+    return [Rejected(*row) for row in rows]
+
+
+@dataclass
+class DiffCounts:
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    outgoing: int = 0  # operations planned, deletes included
+    deletes: int = 0
+
+
+def diff_into_ops(
+    conn: psycopg.Connection, *, run_id: str, sync_id: str, fingerprint: str, mode: str,
+    resend_all: bool, detect_removed: bool,
+) -> DiffCounts:
+    """Classify the staged rows against the snapshot and stage the operations the mode sends.
+
+    The snapshot holds md5(source hash || mapping fingerprint), so a changed mapping makes
+    every record `changed`. `resend_all` (full refresh, replay) sends unchanged records too."""
+    operation = {"mirror": "upsert", "upsert": "upsert", "insert": "insert",
+                 "update": "update", "delete": "delete"}[mode]
+    sends = {
+        "insert": "s.change = 'added'",
+        "delete": "s.change <> 'unchanged'",
+    }.get(mode, "s.change <> 'unchanged'")
+    if resend_all:
+        sends = "true"
+    conn.execute(
+        "CREATE TEMP TABLE retl_diff ON COMMIT DROP AS"
+        " SELECT s.record_key, md5(s.content_hash || %s) AS content_hash,"
+        "  CASE WHEN p.record_key IS NULL THEN 'added'"
+        "   WHEN p.content_hash = md5(s.content_hash || %s) THEN 'unchanged'"
+        "   ELSE 'changed' END AS change"
+        " FROM retl_stage s LEFT JOIN sync_snapshots p"
+        "  ON p.sync_id = %s AND p.record_key = s.record_key",
+        (fingerprint, fingerprint, sync_id),
+    )
+    counts = DiffCounts()
+    for change, n in conn.execute("SELECT change, count(*) FROM retl_diff GROUP BY change"):
+        setattr(counts, change, n)
+    counts.outgoing = conn.execute(
+        "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
+        f" SELECT %s, s.record_key, %s, s.change, s.content_hash FROM retl_diff s WHERE {sends}",
+        (run_id, operation),
+    ).rowcount
+    if detect_removed:
+        counts.removed = counts.deletes = conn.execute(
+            "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
+            " SELECT %s, p.record_key, 'delete', 'removed', NULL FROM sync_snapshots p"
+            " WHERE p.sync_id = %s AND NOT EXISTS"
+            "  (SELECT 1 FROM retl_stage s WHERE s.record_key = p.record_key)",
+            (run_id, sync_id),
+        ).rowcount
+        counts.outgoing += counts.deletes
+    elif mode == "delete":
+        counts.deletes = counts.outgoing
+    return counts
+
+
+def outgoing_keys(conn: psycopg.Connection, run_id: str) -> list[str]:
+    """Keys of the records whose content must be read again to be sent (not the removals)."""
+    rows = conn.execute(
+        "SELECT record_key FROM run_ops WHERE run_id = %s AND change <> 'removed'", (run_id,)
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def removed_keys(conn: psycopg.Connection, run_id: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT record_key FROM run_ops WHERE run_id = %s AND change = 'removed'"
+        " ORDER BY record_key",
+        (run_id,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def set_plan_counts(
+    conn: psycopg.Connection, run_id: str, *, read: int, counts: DiffCounts, failed: int
+) -> None:
+    conn.execute(
+        "UPDATE runs SET rows_read = %s, rows_added = %s, rows_changed = %s,"
+        " rows_unchanged = %s, rows_removed = %s, rows_failed = rows_failed + %s,"
+        " updated_at = now() WHERE id = %s",
+        (read, counts.added, counts.changed, counts.unchanged, counts.removed, failed, run_id),
+    )
+
+
+def set_rows_read(conn: psycopg.Connection, run_id: str, read: int) -> None:
+    conn.execute("UPDATE runs SET rows_read = %s, updated_at = now() WHERE id = %s", (read, run_id))
+
+
+@dataclass
+class Failure:
+    record_key: str
+    key_value: str | None
+    error_code: str
+    message: str
+
+
+def add_failures(conn: psycopg.Connection, run_id: str, failures: list[Failure]) -> None:
+    """Record refused records; a record refused twice in a run keeps its latest reason."""
+    if not failures:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, record_key) DO UPDATE"
+            " SET error_code = EXCLUDED.error_code, message = EXCLUDED.message",
+            [(run_id, f.record_key, f.key_value, f.error_code, f.message) for f in failures],
+        )
+
+
+def add_counts(conn: psycopg.Connection, run_id: str, *, written: int = 0, failed: int = 0) -> None:
+    if written or failed:
+        conn.execute(
+            "UPDATE runs SET rows_written = rows_written + %s, rows_failed = rows_failed + %s,"
+            " updated_at = now() WHERE id = %s",
+            (written, failed, run_id),
+        )
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+def insert_batch(
+    conn: psycopg.Connection, run_id: str, batch_no: int, operation: str, keys: list[str],
+    payload: bytes,
+) -> None:
+    conn.execute(
+        "INSERT INTO run_batches (run_id, batch_no, operation, record_keys, payload)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (run_id, batch_no, operation, keys, payload),
+    )
+
+
+@dataclass
+class ClaimedBatch:
+    run_id: str
+    batch_no: int
+    operation: str
+    record_keys: list[str]
+    payload: bytes
+    attempts: int
+
+
+def batch_status(conn: psycopg.Connection, run_id: str, batch_no: int) -> str | None:
+    row = conn.execute(
+        "SELECT status FROM run_batches WHERE run_id = %s AND batch_no = %s", (run_id, batch_no)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def claim_batch(
+    conn: psycopg.Connection, run_id: str, batch_no: int, owner: str, claim_seconds: float
+) -> ClaimedBatch | None:
+    """Take a pending batch, or one whose claimant stopped renewing its claim; None when it is
+    finished or another worker holds it."""
+    with conn.cursor(row_factory=class_row(ClaimedBatch)) as cur:
+        cur.execute(
+            "UPDATE run_batches SET status = 'running', attempts = attempts + 1,"
+            " claimed_by = %s, claimed_until = now() + make_interval(secs => %s)"
+            " WHERE run_id = %s AND batch_no = %s AND (status = 'pending'"
+            "  OR (status = 'running' AND claimed_until < now()))"
+            " RETURNING run_id, batch_no, operation, record_keys, payload, attempts",
+            (owner, claim_seconds, run_id, batch_no),
+        )
+        return cur.fetchone()
+
+
+def renew_claim(
+    conn: psycopg.Connection, run_id: str, batch_no: int, attempts: int, claim_seconds: float
+) -> bool:
+    row = conn.execute(
+        "UPDATE run_batches SET claimed_until = now() + make_interval(secs => %s)"
+        " WHERE run_id = %s AND batch_no = %s AND attempts = %s AND status = 'running'"
+        " RETURNING 1",
+        (claim_seconds, run_id, batch_no, attempts),
+    ).fetchone()
+    return row is not None
+
+
+def finish_batch(
+    conn: psycopg.Connection, run_id: str, batch_no: int, attempts: int | None, *,
+    status: str, rows_ok: int, rows_failed: int,
+) -> bool:
+    """Mark the batch done or skipped if this claim (attempts) still holds it — or, with
+    attempts None, if nobody has claimed it; False means someone else records it."""
+    row = conn.execute(
+        "UPDATE run_batches SET status = %s, rows_ok = %s, rows_failed = %s,"
+        " finished_at = now(), payload = ''::bytea"
+        " WHERE run_id = %s AND batch_no = %s AND status IN ('pending', 'running')"
+        " AND (%s::int IS NULL AND status = 'pending' OR attempts = %s) RETURNING 1",
+        (status, rows_ok, rows_failed, run_id, batch_no, attempts, attempts),
+    ).fetchone()
+    return row is not None
+
+
+@dataclass
+class Progress:
+    phase: str
+    batches_total: int | None
+    batches_done: int
+    abort_error: str | None
+    abort_code: str | None
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.phase == "writing"
+            and self.batches_total is not None
+            and self.batches_done >= self.batches_total
+        )
+
+
+def progress(conn: psycopg.Connection, run_id: str) -> Progress | None:
+    with conn.cursor(row_factory=class_row(Progress)) as cur:
+        cur.execute(
+            "SELECT phase, batches_total, batches_done, abort_error, abort_code"
+            " FROM run_progress WHERE run_id = %s",
+            (run_id,),
+        )
+        return cur.fetchone()
+
+
+def count_batch_done(conn: psycopg.Connection, run_id: str) -> Progress:
+    """The fan-in counter: one more batch finished."""
+    with conn.cursor(row_factory=class_row(Progress)) as cur:
+        cur.execute(
+            "UPDATE run_progress SET batches_done = batches_done + 1, updated_at = now()"
+            " WHERE run_id = %s"
+            " RETURNING phase, batches_total, batches_done, abort_error, abort_code",
+            (run_id,),
+        )
+        return cur.fetchone()
+
+
+def planning_done(conn: psycopg.Connection, run_id: str, batches_total: int) -> Progress:
+    with conn.cursor(row_factory=class_row(Progress)) as cur:
+        cur.execute(
+            "UPDATE run_progress SET phase = 'writing', batches_total = %s, updated_at = now()"
+            " WHERE run_id = %s"
+            " RETURNING phase, batches_total, batches_done, abort_error, abort_code",
+            (batches_total, run_id),
+        )
+        return cur.fetchone()
+
+
+def abort(conn: psycopg.Connection, run_id: str, code: str, error: str) -> None:
+    """Stop the run's remaining batches; the first reason is kept."""
+    conn.execute(
+        "UPDATE run_progress SET abort_error = coalesce(abort_error, %s),"
+        " abort_code = coalesce(abort_code, %s), updated_at = now() WHERE run_id = %s",
+        (error, code, run_id),
+    )
+
+
+# -- finalization --------------------------------------------------------------------------------
+
+
+@dataclass
+class Finalized:
+    accepted: int
+    auto_resolved: int
+
+
+def advance_snapshot(conn: psycopg.Connection, run_id: str, sync_id: str) -> int:
+    """Apply what the destination accepted in this run to the snapshot; resolve the open DLQ
+    entries of those records. Returns how many records were accepted."""
+    conn.execute(
+        "CREATE TEMP TABLE retl_accepted ON COMMIT DROP AS"
+        " SELECT k.record_key FROM run_batches b"
+        " CROSS JOIN LATERAL unnest(b.record_keys) AS k(record_key)"
+        " WHERE b.run_id = %s AND b.status = 'done' AND NOT EXISTS ("
+        "  SELECT 1 FROM run_failures f WHERE f.run_id = %s AND f.record_key = k.record_key"
+        "  AND f.error_code <> 'DUPLICATE_KEY')",
+        (run_id, run_id),
+    )
+    accepted = conn.execute("SELECT count(*) FROM retl_accepted").fetchone()[0]
+    conn.execute(
+        "INSERT INTO sync_snapshots (sync_id, record_key, content_hash)"
+        " SELECT %s, o.record_key, o.content_hash FROM retl_accepted a"
+        " JOIN run_ops o ON o.run_id = %s AND o.record_key = a.record_key"
+        " WHERE o.change <> 'removed'"
+        " ON CONFLICT (sync_id, record_key) DO UPDATE SET content_hash = EXCLUDED.content_hash"
+        " WHERE sync_snapshots.content_hash <> EXCLUDED.content_hash",
+        (sync_id, run_id),
+    )
+    conn.execute(
+        "DELETE FROM sync_snapshots s USING retl_accepted a, run_ops o"
+        " WHERE o.run_id = %s AND o.record_key = a.record_key AND o.change = 'removed'"
+        " AND s.sync_id = %s AND s.record_key = a.record_key",
+        (run_id, sync_id),
+    )
+    return accepted
+
+
+def auto_resolve_dlq(conn: psycopg.Connection, run_id: str, sync_id: str, *, null_keys_seen: bool) -> int:
+    """Resolve the open entries of records this run delivered (and of the null-key rows when a
+    full read found none any more)."""
+    resolved = conn.execute(
+        "UPDATE dlq_entries d SET resolved = true, resolved_at = now(),"
+        " resolution = 'auto_resolved'"
+        " WHERE d.sync_id = %s AND NOT d.resolved AND EXISTS ("
+        "  SELECT 1 FROM retl_accepted a WHERE a.record_key = d.record_key)"
+        " AND NOT EXISTS (SELECT 1 FROM run_failures f"
+        "  WHERE f.run_id = %s AND f.record_key = d.record_key)",
+        (sync_id, run_id),
+    ).rowcount
+    if not null_keys_seen:
+        resolved += conn.execute(
+            "UPDATE dlq_entries SET resolved = true, resolved_at = now(),"
+            " resolution = 'auto_resolved'"
+            " WHERE sync_id = %s AND NOT resolved AND record_key = ''",
+            (sync_id,),
+        ).rowcount
+    return resolved
+
+
+def run_failures(conn: psycopg.Connection, run_id: str) -> list[Failure]:
+    rows = conn.execute(
+        "SELECT record_key, key_value, error_code, message FROM run_failures WHERE run_id = %s"
+        " ORDER BY record_key",
+        (run_id,),
+    ).fetchall()
+    return [Failure(*row) for row in rows]
+
+
+def end_run(
+    conn: psycopg.Connection, run_id: str, token: int, status: str, error: str | None
+) -> bool:
+    row = conn.execute(
+        "UPDATE runs SET status = %s, error = %s, finished_at = now(), lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = now()"
+        " WHERE id = %s AND fencing_token = %s AND status = 'running' RETURNING 1",
+        (status, error, run_id, token),
+    ).fetchone()
+    conn.execute(
+        "UPDATE run_progress SET phase = 'finished', finished_at = now(), updated_at = now()"
+        " WHERE run_id = %s",
+        (run_id,),
+    )
+    return row is not None
+
+
+def current_token(conn: psycopg.Connection, run_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT fencing_token FROM runs WHERE id = %s AND status = 'running'", (run_id,)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+# -- reaper --------------------------------------------------------------------------------------
+
+
+def stale_queued_runs(conn: psycopg.Connection, older_than_s: float) -> list[str]:
+    """Queued runs whose doorbell may have been lost (never sent, or sent long ago)."""
+    rows = conn.execute(
+        "SELECT id FROM runs WHERE status = 'queued' AND NOT cancel_requested"
+        " AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => %s))"
+        " ORDER BY id LIMIT 500",
+        (older_than_s,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def expired_planning_runs(conn: psycopg.Connection) -> list[str]:
+    """Running runs whose planner stopped renewing its lease before it finished planning."""
+    rows = conn.execute(
+        "SELECT r.id FROM runs r LEFT JOIN run_progress p ON p.run_id = r.id"
+        " WHERE r.status = 'running' AND r.lease_expires_at < now()"
+        " AND coalesce(p.phase, 'planning') = 'planning' ORDER BY r.id LIMIT 500"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+@dataclass
+class StrandedBatch:
+    run_id: str
+    batch_no: int
+    fencing_token: int
+
+
+def stranded_batches(conn: psycopg.Connection, older_than_s: float) -> list[StrandedBatch]:
+    """Batches of running runs whose claimant stopped renewing its claim, or that have waited
+    unclaimed so long that their message was probably lost. Their enqueue time is reset."""
+    with conn.cursor(row_factory=class_row(StrandedBatch)) as cur:
+        cur.execute(
+            "UPDATE run_batches b SET enqueued_at = now() FROM runs r"
+            " WHERE r.id = b.run_id AND r.status = 'running' AND ("
+            "  (b.status = 'running' AND b.claimed_until < now())"
+            "  OR (b.status = 'pending' AND b.enqueued_at < now() - make_interval(secs => %s)))"
+            " RETURNING b.run_id, b.batch_no, r.fencing_token",
+            (older_than_s,),
+        )
+        return cur.fetchall()
+
+
+def complete_unfinalized_runs(conn: psycopg.Connection) -> list[str]:
+    """Running runs whose batches are all finished but whose finalization did not happen."""
+    rows = conn.execute(
+        "SELECT p.run_id FROM run_progress p JOIN runs r ON r.id = p.run_id"
+        " WHERE r.status = 'running' AND p.phase = 'writing'"
+        " AND p.batches_done >= p.batches_total AND p.updated_at < now() - interval '5 seconds'"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def purge_finished_staging(conn: psycopg.Connection, older_than_s: float) -> int:
+    """Drop the staging of runs that ended a while ago (kept briefly for inspection)."""
+    finished = [
+        row[0] for row in conn.execute(
+            "SELECT p.run_id FROM run_progress p JOIN runs r ON r.id = p.run_id"
+            " WHERE r.status NOT IN ('queued', 'running')"
+            " AND coalesce(p.finished_at, r.finished_at, p.updated_at)"
+            "  < now() - make_interval(secs => %s)",
+            (older_than_s,),
+        )
+    ]
+    if finished:
+        for table in ("run_ops", "run_batches", "run_failures", "run_progress"):
+            conn.execute(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (finished,))
+    return len(finished)

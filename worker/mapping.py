@@ -1,0 +1,146 @@
+"""Field mappings: which source columns a sync reads and hashes, and how a source row becomes a
+destination record (column, static value or sandboxed Jinja2 template; cast to the field type)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from connectors.casting import CastError, cast_value
+from connectors.destinations.base import Destination, DestinationField
+
+log = logging.getLogger(__name__)
+
+_JINJA = SandboxedEnvironment(autoescape=False)
+
+
+class MappingError(Exception):
+    """The sync's mappings do not fit the query: the run fails before anything is written."""
+
+
+class RecordMappingError(Exception):
+    """One row could not be turned into a record (a template or a cast failed)."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    destination: str
+    source: str | None = None
+    static: Any = None
+    template: str | None = None
+    key: bool = False
+
+
+def parse_mappings(raw: list[dict[str, Any]]) -> list[Mapping]:
+    mappings = []
+    for entry in raw:
+        mappings.append(Mapping(
+            destination=str(entry["destination"]),
+            source=entry.get("source"),
+            static=entry.get("static"),
+            template=entry.get("template"),
+            key=bool(entry.get("key")),
+        ))
+    return mappings
+
+
+@dataclass
+class Plan:
+    """What the mappings need from the source, derived once per run."""
+
+    mappings: list[Mapping]
+    key_column: str | None  # None: no key mapping (insert), the content hash is the key
+    key_field: str  # the destination field that identifies a record
+    read_columns: list[str]  # columns read for records and hashed, in a stable order
+    fingerprint: str  # changes whenever the mapping definition changes
+
+
+def plan_for(raw: list[dict[str, Any]], columns: list[str], *, object_name: str, mode: str) -> Plan:
+    """Check the mappings against the query's columns; name a missing column."""
+    mappings = parse_mappings(raw)
+    available = set(columns)
+    for mapping in mappings:
+        if mapping.source is not None and mapping.source not in available:
+            raise MappingError(
+                f"mapping to {mapping.destination!r} names column {mapping.source!r},"
+                f" which the query does not return (it returns: {', '.join(columns)})"
+            )
+    keys = [m for m in mappings if m.key]
+    if len(keys) > 1:
+        raise MappingError("more than one mapping is marked as the key")
+    key = keys[0] if keys else None
+    if key is not None and key.source is None:
+        raise MappingError("the key mapping must name a source column")
+    if key is None and mode != "insert":
+        raise MappingError(f"sync mode {mode} needs a key mapping")
+    if any(m.template is not None for m in mappings):
+        # A template may read any column, so every column counts for change detection.
+        read = list(columns)
+    else:
+        read = list(dict.fromkeys(m.source for m in mappings if m.source is not None))
+    definition = {
+        "mappings": raw,
+        "object": object_name,
+        # A delete-mode snapshot records deletions; switching modes must not reuse it.
+        "deletes": mode == "delete",
+    }
+    fingerprint = hashlib.md5(
+        json.dumps(definition, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return Plan(
+        mappings=mappings,
+        key_column=key.source if key else None,
+        key_field=key.destination if key else "",
+        read_columns=read,
+        fingerprint=fingerprint,
+    )
+
+
+class RecordBuilder:
+    """Turns source rows (key text, *read_columns) into destination field dicts."""
+
+    def __init__(
+        self, plan: Plan, destination: Destination,
+        fields: dict[str, DestinationField] | None,
+    ) -> None:
+        index = {column: i + 1 for i, column in enumerate(plan.read_columns)}
+        self._steps: list[tuple[str, str, Any, DestinationField | None]] = []
+        for mapping in plan.mappings:
+            field = (fields or {}).get(mapping.destination)
+            if mapping.source is not None:
+                self._steps.append(("column", mapping.destination, index[mapping.source], field))
+            elif mapping.template is not None:
+                compiled = _JINJA.from_string(mapping.template)
+                self._steps.append(("template", mapping.destination, compiled, field))
+            else:
+                self._steps.append(("static", mapping.destination, mapping.static, field))
+        self._columns = plan.read_columns
+        self._needs_row_dict = any(kind == "template" for kind, *_ in self._steps)
+        self._format = destination.format_value
+
+    def build(self, row: tuple) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        context = dict(zip(self._columns, row[1:], strict=True)) if self._needs_row_dict else None
+        for kind, name, how, field in self._steps:
+            if kind == "column":
+                value = row[how]
+            elif kind == "template":
+                try:
+                    value = how.render(context)
+                except TemplateError as exc:
+                    raise RecordMappingError(f"template for {name!r} failed: {exc}") from None
+            else:
+                value = how
+            if field is not None and value is not None:
+                try:
+                    value = self._format(cast_value(value, field.data_type), field)
+                except CastError as exc:
+                    raise RecordMappingError(f"field {name!r}: {exc}") from None
+            record[name] = value
+        return record
