@@ -9,7 +9,7 @@ from typing import Any
 
 from connectors import registry
 from connectors.destinations.base import Destination, DestinationField, DestinationObject
-from connectors.errors import AuthError, ConnectorError
+from connectors.errors import AuthError, ConnectorError, RetryableError
 from connectors.sources.base import Source
 from shared import ids
 from shared.db import transaction
@@ -50,6 +50,14 @@ def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     for field in cls.config_fields:
         if field.required and config.get(field.name) in (None, ""):
             raise Invalid(f"{field.name} is required for {cls.type}", pointer=f"/config/{field.name}")
+    # The connector's own checks (URL schemes, enums, numbers), made without calling anyone.
+    try:
+        cls(config).close()
+    except ConnectorError as exc:
+        raise Invalid(f"{cls.type} refuses this config: {exc.message}", pointer="/config") from None
+    except (ValueError, TypeError, AttributeError):
+        raise Invalid(f"{cls.type} refuses this config: an option has a value of the wrong type",
+                      pointer="/config") from None
     return config
 
 
@@ -143,7 +151,11 @@ def test(workspace_id: str, kind: str, id: str) -> ConnectionView:
     """Call the vendor with the stored credentials; the status is kept on the connection."""
     with transaction() as conn:
         record = _get(conn, workspace_id, kind, id)
-    connector = open_connector(record)
+    try:
+        connector = open_connector(record)
+    except ConnectorError as exc:  # a config stored before its connector checked it
+        record_status(id, "error", exc.message)
+        return get(workspace_id, kind, id)
     try:
         connector.test()
         status, message = "connected", None
@@ -164,7 +176,10 @@ def _destination(workspace_id: str, destination_id: str) -> Destination:
         record = repo.get(conn, workspace_id, "destination", destination_id)
     if record is None:
         raise NotFound(f"no destination {destination_id}", pointer="/destination_id")
-    return open_connector(record)
+    try:
+        return open_connector(record)
+    except ConnectorError as exc:
+        raise Unavailable(f"the destination's config is not usable: {exc.message}") from None
 
 
 def _discover(destination: Destination, call: Any) -> Any:
@@ -190,5 +205,19 @@ def list_objects(workspace_id: str, destination_id: str, search: str | None) -> 
 
 
 def list_fields(workspace_id: str, destination_id: str, object_name: str) -> list[DestinationField]:
+    """Fields of one of the destination's objects; an object it does not have is a 404."""
     destination = _destination(workspace_id, destination_id)
-    return _discover(destination, lambda: destination.list_fields(object_name))
+
+    def fields_of_known_object() -> list[DestinationField]:
+        try:
+            return destination.list_fields(object_name)
+        except (AuthError, RetryableError):
+            raise
+        except ConnectorError:
+            # Connectors word an unknown object their own way; their object list decides.
+            if object_name not in {o.api_name for o in destination.list_objects()}:
+                raise NotFound(f"destination {destination_id} has no object {object_name!r}",
+                               pointer="/object_name") from None
+            raise
+
+    return _discover(destination, fields_of_known_object)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,14 @@ def sink() -> Iterator[FakeHttpSink]:
     receiver got start their own."""
     with FakeHttpSink() as fake:
         yield fake
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A local TCP port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -111,11 +120,15 @@ def assert_error(response: Any, status: int, pointer: str | None = None) -> dict
 
 
 def assert_resource(item: dict[str, Any], kind: str, prefix: str | None = None) -> dict[str, Any]:
-    """`item` is `{id, type, attributes}` of `kind`, snake_case attributes, Z timestamps."""
-    expected = {"id", "type", "attributes"} if prefix else {"type", "attributes"}
+    """`item` is `{id, type, attributes}` of `kind`, snake_case attributes, Z timestamps.
+
+    `prefix` None: the item has no id; "": any id; else an id of that prefix and a ULID."""
+    expected = {"id", "type", "attributes"} if prefix is not None else {"type", "attributes"}
     assert set(item) == expected, set(item)
     assert item["type"] == kind
-    if prefix:
+    if prefix == "":
+        assert isinstance(item["id"], str) and item["id"]
+    elif prefix is not None:
         assert re.fullmatch(rf"{prefix}_[0-9a-z]{{26}}", item["id"]), item["id"]
     for name, value in item["attributes"].items():
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
