@@ -1,0 +1,87 @@
+"""The fleet-wide destination limiter, against fakeredis and against the real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fakeredis
+import pytest
+import redis
+
+from worker.limits import DestinationLimiter
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def client(request, redis_url: str) -> redis.Redis:
+    if request.param == "fakeredis":
+        return fakeredis.FakeRedis()
+    return redis.Redis.from_url(redis_url)
+
+
+def test_rate_grants_the_burst_then_asks_to_wait(client: redis.Redis) -> None:
+    limiter = DestinationLimiter(client, "conn_a", rate_per_second=5, max_concurrency=2)
+    granted = [limiter.try_acquire_rate() for _ in range(5)]
+    assert granted == [0.0] * 5
+    wait = limiter.try_acquire_rate()
+    assert 0 < wait <= 0.2 + 0.01
+
+
+def test_rate_is_shared_by_every_limiter_of_a_destination(client: redis.Redis) -> None:
+    first = DestinationLimiter(client, "conn_b", rate_per_second=4, max_concurrency=2)
+    second = DestinationLimiter(client, "conn_b", rate_per_second=4, max_concurrency=2)
+    other = DestinationLimiter(client, "conn_c", rate_per_second=4, max_concurrency=2)
+    outcomes = [(first if i % 2 else second).try_acquire_rate() == 0.0 for i in range(8)]
+    assert outcomes.count(True) == 4
+    assert other.try_acquire_rate() == 0.0
+
+
+def test_concurrency_cap_holds_across_limiters_and_frees_on_release(client: redis.Redis) -> None:
+    first = DestinationLimiter(client, "conn_d", rate_per_second=100, max_concurrency=2)
+    second = DestinationLimiter(client, "conn_d", rate_per_second=100, max_concurrency=2)
+    a = first.try_acquire_slot()
+    b = second.try_acquire_slot()
+    assert a and b
+    assert first.try_acquire_slot() is None
+    assert second.in_flight() == 2
+    first.release_slot(a)
+    assert second.try_acquire_slot() is not None
+
+
+def test_a_dead_holders_slot_expires(client: redis.Redis) -> None:
+    limiter = DestinationLimiter(client, "conn_e", rate_per_second=100, max_concurrency=1, slot_ttl_s=0.2)
+    assert limiter.try_acquire_slot() is not None
+    assert limiter.try_acquire_slot() is None
+    time.sleep(0.3)
+    assert limiter.try_acquire_slot() is not None
+
+
+def test_threads_never_exceed_the_cap(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    peak = 0
+    current = 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal peak, current
+        limiter = DestinationLimiter(client, "conn_f", rate_per_second=1000, max_concurrency=3)
+        for _ in range(5):
+            with limiter.slot():
+                with lock:
+                    current += 1
+                    peak = max(peak, current)
+                time.sleep(0.01)
+                with lock:
+                    current -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == 3
+
+
+def test_limits_must_be_positive(client: redis.Redis) -> None:
+    with pytest.raises(ValueError):
+        DestinationLimiter(client, "conn_g", rate_per_second=0, max_concurrency=1)

@@ -1,0 +1,167 @@
+"""The Postgres and DuckDB sources: columns without reading, chunked streams, hashes computed in
+the source, read-only queries and the statement timeout."""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+import pytest
+
+from connectors import registry
+from connectors.errors import ConnectorError
+from connectors.sources.duckdb import DuckDbSource
+from connectors.sources.postgres import PostgresSource
+from tests.engine.conftest import Warehouse
+
+
+def _all(chunks) -> list[tuple]:
+    return [row for chunk in chunks for row in chunk]
+
+
+def test_both_sources_are_registered() -> None:
+    assert registry.source_class("postgres") is PostgresSource
+    assert registry.source_class("duckdb") is DuckDbSource
+    assert PostgresSource.secret_fields() == ("url",)
+
+
+def test_postgres_columns_streams_and_hashes(warehouse: Warehouse) -> None:
+    warehouse.insert(25)
+    source = PostgresSource({"url": warehouse.url})
+    query = "SELECT id, email FROM warehouse.people ORDER BY id;"
+    assert source.columns(query) == ["id", "email"]
+    chunks = list(source.stream(query, chunk_size=10))
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    assert chunks[0][0] == (1, "user1@example.com")
+    hashes = _all(source.stream_key_hashes(query, "id", ["id", "email"], chunk_size=7))
+    assert hashes[0] == ("1", hashlib.md5(b"(1,user1@example.com)").hexdigest())
+    assert len({h for _, h in hashes}) == 25
+
+
+def test_postgres_hash_changes_only_with_the_hashed_columns(warehouse: Warehouse) -> None:
+    warehouse.insert(3)
+    source = PostgresSource({"url": warehouse.url})
+    query = "SELECT * FROM warehouse.people"
+    before = dict(_all(source.stream_key_hashes(query, "id", ["email"])))
+    warehouse.execute("UPDATE warehouse.people SET name = 'other' WHERE id = 1")
+    assert dict(_all(source.stream_key_hashes(query, "id", ["email"]))) == before
+    warehouse.execute("UPDATE warehouse.people SET email = 'other' WHERE id = 1")
+    after = dict(_all(source.stream_key_hashes(query, "id", ["email"])))
+    assert after["1"] != before["1"] and after["2"] == before["2"]
+
+
+def test_postgres_rows_for_keys_filters_in_the_source(warehouse: Warehouse) -> None:
+    warehouse.insert(50)
+    source = PostgresSource({"url": warehouse.url})
+    rows = _all(source.stream_rows_for_keys(
+        "SELECT * FROM warehouse.people", "id", ["email"], ["3", "44"]
+    ))
+    assert sorted(rows) == [("3", "user3@example.com"), ("44", "user44@example.com")]
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM warehouse.people",
+    "WITH gone AS (DELETE FROM warehouse.people RETURNING *) SELECT * FROM gone",
+    "SELECT id, nextval('warehouse.seq') FROM warehouse.people",
+])
+def test_postgres_query_that_writes_fails_and_changes_nothing(warehouse: Warehouse, statement: str) -> None:
+    warehouse.insert(3)
+    warehouse.execute("CREATE SEQUENCE warehouse.seq")
+    source = PostgresSource({"url": warehouse.url})
+    with pytest.raises(ConnectorError) as failure:
+        _all(source.stream(statement))
+    message = failure.value.message
+    assert "read-only" in message or "write" in message
+    count = warehouse.conn.execute("SELECT count(*) FROM warehouse.people").fetchone()[0]
+    assert count == 3
+
+
+def test_postgres_statement_timeout_cancels_a_slow_query(warehouse: Warehouse) -> None:
+    source = PostgresSource({"url": warehouse.url}, statement_timeout_s=0.2)
+    with pytest.raises(ConnectorError) as failure:
+        _all(source.stream("SELECT pg_sleep(5)"))
+    assert failure.value.code == "TIMEOUT"
+
+
+def test_postgres_bad_credentials_or_host_is_a_connector_error() -> None:
+    source = PostgresSource({"url": "postgresql://nobody@127.0.0.1:1/none"})
+    with pytest.raises(ConnectorError):
+        source.test()
+
+
+@pytest.fixture
+def duck_file(tmp_path) -> str:
+    import duckdb
+
+    path = str(tmp_path / "warehouse.duckdb")
+    with duckdb.connect(path) as conn:
+        conn.execute("CREATE TABLE people AS SELECT i AS id, 'user' || i || '@example.com' AS email"
+                     " FROM range(1, 26) t(i)")
+    return path
+
+
+def test_duckdb_columns_streams_and_hashes(duck_file: str) -> None:
+    source = DuckDbSource({"path": duck_file})
+    query = "SELECT id, email FROM people ORDER BY id"
+    assert source.columns(query) == ["id", "email"]
+    chunks = list(source.stream(query, chunk_size=10))
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    hashes = _all(source.stream_key_hashes(query, "id", ["id", "email"]))
+    assert hashes[0][0] == "1" and len(hashes[0][1]) == 32
+    assert len({h for _, h in hashes}) == 25
+    again = _all(source.stream_key_hashes(query, "id", ["id", "email"]))
+    assert again == hashes
+    rows = _all(source.stream_rows_for_keys(query, "id", ["email"], ["2", "20"]))
+    assert sorted(rows) == [("2", "user2@example.com"), ("20", "user20@example.com")]
+
+
+def test_duckdb_memory_reads_parquet_paths(tmp_path) -> None:
+    import duckdb
+
+    path = tmp_path / "people.parquet"
+    duckdb.sql(f"COPY (SELECT 1 AS id, 'a' AS name UNION ALL SELECT 2, 'b') TO '{path}' (FORMAT parquet)")
+    source = DuckDbSource({})
+    assert sorted(_all(source.stream(f"SELECT * FROM '{path}'"))) == [(1, "a"), (2, "b")]
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM people",
+    "CREATE TABLE x AS SELECT 1",
+    "COPY people TO '/tmp/retl-should-not-exist.csv'",
+    "SELECT 1; DROP TABLE people",
+])
+def test_duckdb_query_that_writes_fails_and_changes_nothing(duck_file: str, statement: str) -> None:
+    import duckdb
+
+    source = DuckDbSource({"path": duck_file})
+    with pytest.raises(ConnectorError) as failure:
+        _all(source.stream(statement))
+    assert "SELECT" in failure.value.message
+    with duckdb.connect(duck_file, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM people").fetchone()[0] == 25
+
+
+def test_duckdb_statement_timeout_interrupts_a_slow_query() -> None:
+    source = DuckDbSource({}, statement_timeout_s=0.2)
+    with pytest.raises(ConnectorError) as failure:
+        _all(source.stream("SELECT count(*) FROM range(10000000000) a"))
+    assert failure.value.code == "TIMEOUT"
+
+
+def test_duckdb_source_syncs_end_to_end(driver, workspace_id, duck_file: str, sink) -> None:
+    from tests.engine.conftest import make_sync
+
+    setup = make_sync(workspace_id, {"path": duck_file}, sink.url, source_connector="duckdb",
+                      query="SELECT id, email, 'User ' || id AS name FROM people")
+    run = driver.run(setup)
+    assert run.status == "succeeded", run.error
+    assert len(sink.store) == 25
+    assert sink.store["5"] == {"external_id": 5, "email": "user5@example.com", "full_name": "User 5"}
+
+
+def test_postgres_source_reads_with_its_own_read_only_transaction(warehouse: Warehouse) -> None:
+    source = PostgresSource({"url": warehouse.url})
+    rows = _all(source.stream("SELECT current_setting('transaction_read_only')"))
+    assert rows == [("on",)]
+    with psycopg.connect(warehouse.url) as conn:
+        assert conn.execute("SHOW transaction_read_only").fetchone()[0] == "off"
