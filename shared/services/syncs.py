@@ -121,7 +121,9 @@ def update(workspace_id: str, sync_id: str, body: dict[str, Any]) -> syncs.Sync:
         _check(conn, workspace_id, merged)
         if "schedule" in changes:
             changes["schedule"] = merged["schedule"]
-        if {"schedule", "enabled"} & changes.keys():
+        # Only a real change of schedule or state moves the next run: re-sending the same
+        # values must not delay a due (or overdue) sync.
+        if (merged["schedule"], merged["enabled"]) != (sync.schedule, sync.enabled):
             changes["next_run_at"] = next_run_at(merged["schedule"], merged["enabled"])
         return syncs.update(conn, sync_id, changes) if changes else sync
 
