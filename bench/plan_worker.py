@@ -1,0 +1,34 @@
+"""One run executed in this process, as a worker would, with timings and peak RSS as JSON on
+stdout: plan (extract + hash + diff + packing), then the batch writes, sequentially.
+
+Used by bench/run.py so that the peak RSS measured is the engine's alone."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main(run_id: str) -> None:
+    from worker import runs as engine
+
+    batches: list[tuple[str, int, int]] = []
+    engine.enqueue_batch = lambda *job: batches.append(job)  # written below, after the plan
+    started = time.perf_counter()
+    engine.execute_run(run_id)
+    planned = time.perf_counter()
+    for job in batches:
+        engine.write_batch(*job)
+    written = time.perf_counter()
+    print(json.dumps({
+        "plan_s": planned - started,
+        "write_s": written - planned,
+        "batches": len(batches),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
