@@ -15,6 +15,7 @@ from shared.secrets import signing_key
 T = TypeVar("T")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MAC_BYTES = 12
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Page(Generic[T]):
 
 def encode_cursor(last_id: str) -> str:
     payload = last_id.encode()
-    mac = hmac.new(signing_key(), payload, hashlib.sha256).digest()[:12]
+    mac = hmac.new(signing_key(), payload, hashlib.sha256).digest()[:MAC_BYTES]
     return base64.urlsafe_b64encode(payload + b"." + mac).decode().rstrip("=")
 
 
@@ -36,8 +37,11 @@ def decode_cursor(cursor: str | None) -> str | None:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        payload, mac = raw.rsplit(b".", 1)
-        expected = hmac.new(signing_key(), payload, hashlib.sha256).digest()[:12]
+        # The MAC is binary and may itself hold a "." byte: split at its fixed length.
+        payload, dot, mac = raw[:-MAC_BYTES - 1], raw[-MAC_BYTES - 1:-MAC_BYTES], raw[-MAC_BYTES:]
+        if dot != b"." or not payload:
+            raise ValueError("not a cursor")
+        expected = hmac.new(signing_key(), payload, hashlib.sha256).digest()[:MAC_BYTES]
         if hmac.compare_digest(mac, expected):
             return payload.decode()
     except (ValueError, UnicodeDecodeError):
