@@ -1,0 +1,108 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.api.conftest import API, insert_dlq_entry, insert_run
+from tests.conftest import bearer
+
+SEED_OPERATIONS = [
+    ("get", "/syncs"), ("post", "/syncs"), ("get", "/syncs/{id}"), ("put", "/syncs/{id}"),
+    ("delete", "/syncs/{id}"), ("post", "/sync/run"), ("post", "/sync/toggle"), ("get", "/destinations"),
+    ("get", "/objects"), ("get", "/fields"), ("get", "/runs"), ("get", "/dlq"), ("get", "/dlq/stats"),
+    ("post", "/dlq/resolve"),
+]
+VALIDATE = (
+    "import json, sys; from openapi_spec_validator import validate; validate(json.load(sys.stdin))"
+)
+
+
+def test_healthz_answers_ok(client):
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readyz_checks_postgres_and_redis(client):
+    response = client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+
+
+def test_ops_endpoints_answer_under_v1_too(client):
+    assert client.get("/v1/healthz").get_json() == {"status": "ok"}
+    assert client.get("/v1/api/openapi.json").get_json() == client.get("/api/openapi.json").get_json()
+
+
+def test_metrics_count_requests_and_show_runs_and_open_dlq_entries(client, api_key, sync, database_url):
+    run = insert_run(database_url, sync["id"], status="failed")
+    insert_dlq_entry(database_url, sync["id"], run, key="a", error_code="RATE_LIMIT")
+    insert_dlq_entry(database_url, sync["id"], run, key="b", error_code="RATE_LIMIT")
+    client.get(f"{API}/syncs", headers=bearer(api_key))
+    client.get(f"{API}/syncs", headers=bearer(api_key))
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    lines = response.get_data(as_text=True).splitlines()
+    requests = [line for line in lines if line.startswith("retl_http_requests_total{")
+                and 'endpoint="syncs.list_syncs"' in line and 'status="200"' in line]
+    assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 2
+    assert 'retl_runs{status="failed"} 1.0' in lines
+    assert 'retl_dlq_open_entries{error_code="RATE_LIMIT"} 2.0' in lines
+    assert any(line.startswith("retl_http_request_seconds_bucket{") for line in lines)
+
+
+def test_metrics_never_show_secrets_or_keys(client, api_key, destination):
+    text = client.get("/metrics").get_data(as_text=True)
+
+    assert api_key not in text
+    assert "sink-token" not in text
+
+
+def test_openapi_document_lists_every_seed_endpoint_with_its_parameters(client):
+    response = client.get("/api/openapi.json")
+
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    for method, path in SEED_OPERATIONS:
+        assert method in paths.get(API + path, {}), (method, path)
+    list_syncs = {p["name"]: p for p in paths[f"{API}/syncs"]["get"]["parameters"]}
+    assert {"destination_id", "enabled", "limit", "cursor"} <= set(list_syncs)
+    assert list_syncs["limit"]["schema"]["default"] == 50
+    dlq = {p["name"]: p for p in paths[f"{API}/dlq"]["get"]["parameters"]}
+    assert dlq["resolved"]["schema"]["default"] is False
+    create = paths[f"{API}/syncs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = document["components"]["schemas"][create["$ref"].rsplit("/", 1)[1]]
+    assert {"name", "sourceQuery", "destinationId", "objectName", "fieldMappings", "syncMode"} <= set(body["required"])
+    assert body["properties"]["syncMode"]["enum"] == ["upsert", "insert", "update", "delete", "mirror"]
+
+
+def _openapi_validator() -> list[str] | None:
+    """A command that validates an OpenAPI document on stdin, or None when none is installed."""
+    for python in dict.fromkeys([sys.executable, getattr(sys, "_base_executable", sys.executable)]):
+        probe = subprocess.run([python, "-c", "import openapi_spec_validator"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return [python, "-c", VALIDATE]
+    return None
+
+
+def test_openapi_document_is_valid_openapi_3(client):
+    command = _openapi_validator()
+    if command is None:
+        pytest.skip("openapi-spec-validator is not installed")
+    document = client.get("/api/openapi.json").get_json()
+
+    result = subprocess.run(command, input=json.dumps(document), capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr[-2000:]
