@@ -434,3 +434,15 @@ def test_v1_prefix_needs_a_key_too(client):
 
 def test_a_prefix_that_only_starts_like_v1_is_not_an_alias(client, api_key):
     assert_error(client.get(f"/v10{API}/syncs", headers=bearer(api_key)), 404)
+
+
+def test_a_mode_the_destination_does_not_support_answers_422_at_sync_mode(client, api_key, source):
+    created = client.post(
+        f"{API}/destinations", json={"name": "Iterable", "connector": "iterable", "config": {"apiKey": "k"}},
+        headers=bearer(api_key),
+    )
+    assert created.status_code == 201, created.get_json()
+    body = sync_body(created.get_json()["data"]["id"], syncMode="update", objectName="users")
+
+    error = assert_error(client.post(f"{API}/syncs", json=body, headers=bearer(api_key)), 422, "/syncMode")
+    assert "iterable" in error["detail"]
