@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-import pytest
+from openapi_spec_validator import validate
 
 from tests.api.conftest import API, insert_dlq_entry, insert_run
 from tests.conftest import bearer
@@ -17,9 +13,6 @@ SEED_OPERATIONS = [
     ("get", "/objects"), ("get", "/fields"), ("get", "/runs"), ("get", "/dlq"), ("get", "/dlq/stats"),
     ("post", "/dlq/resolve"),
 ]
-VALIDATE = (
-    "import json, sys; from openapi_spec_validator import validate; validate(json.load(sys.stdin))"
-)
 
 
 def test_healthz_answers_ok(client):
@@ -88,21 +81,7 @@ def test_openapi_document_lists_every_seed_endpoint_with_its_parameters(client):
     assert body["properties"]["syncMode"]["enum"] == ["upsert", "insert", "update", "delete", "mirror"]
 
 
-def _openapi_validator() -> list[str] | None:
-    """A command that validates an OpenAPI document on stdin, or None when none is installed."""
-    for python in dict.fromkeys([sys.executable, getattr(sys, "_base_executable", sys.executable)]):
-        probe = subprocess.run([python, "-c", "import openapi_spec_validator"], capture_output=True, timeout=30)
-        if probe.returncode == 0:
-            return [python, "-c", VALIDATE]
-    return None
-
-
 def test_openapi_document_is_valid_openapi_3(client):
-    command = _openapi_validator()
-    if command is None:
-        pytest.skip("openapi-spec-validator is not installed")
     document = client.get("/api/openapi.json").get_json()
 
-    result = subprocess.run(command, input=json.dumps(document), capture_output=True, text=True, timeout=60)
-
-    assert result.returncode == 0, result.stderr[-2000:]
+    validate(document)  # raises on any violation of the OpenAPI 3 schema
