@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterError, croniter
 
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+# Longer intervals overflow date arithmetic and are better written as cron.
+MAX_INTERVAL_S = 366 * 86400
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -58,6 +60,8 @@ def validate(schedule: dict[str, Any], min_interval_s: float) -> dict[str, Any]:
         seconds = interval_seconds(every if isinstance(every, str) else "")
         if seconds < min_interval_s:
             raise ScheduleError("every", f"must be at least {int(min_interval_s)} seconds")
+        if seconds > MAX_INTERVAL_S:
+            raise ScheduleError("every", f"must be at most {MAX_INTERVAL_S // 86400}d")
         return {"type": "interval", "every": every.strip()}
     raise ScheduleError("type", "must be one of cron, interval, manual")
 
