@@ -6,9 +6,17 @@ Used by bench/run.py so that the peak RSS measured is the engine's alone."""
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
+from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    """VmHWM, this process's own peak (ru_maxrss would include the parent's before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main(run_id: str) -> None:
@@ -26,7 +34,7 @@ def main(run_id: str) -> None:
         "plan_s": planned - started,
         "write_s": written - planned,
         "batches": len(batches),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }))
 
 

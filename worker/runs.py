@@ -179,7 +179,7 @@ def lease_destination(lease: repo.Lease) -> str:
 def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
     try:
         with transaction() as conn:
-            repo.fence(conn, lease.run_id, lease.fencing_token)
+            repo.fence(conn, lease.run_id, lease.fencing_token, durable=True)
             repo.end_run(conn, lease.run_id, lease.fencing_token, status, error)
     except LeaseLost:
         log.warning("run %s ended elsewhere before it could be marked %s", lease.run_id, status)
@@ -403,7 +403,13 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
     records = [Record(key, fields) for key, fields in items]
     key_field = _key_field(sync)
 
+    attempts = 0
+
     def renew() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            return  # the claim was just taken
         with transaction() as conn:
             if not repo.renew_claim(conn, run_id, batch_no, claimed.attempts, claim_s):
                 raise ClaimLost(f"{run_id}/{batch_no}")
@@ -432,7 +438,7 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
         for record, result in zip(records, results, strict=True) if not result.ok
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,
-                   total=len(records))
+                   total=len(records), sync_id=sync.id)
 
 
 def _sync_id(conn: psycopg.Connection, run_id: str) -> str:
@@ -449,8 +455,11 @@ def _key_field(sync: syncs.Sync) -> str:
 def _finish(
     run_id: str, token: int, claimed: repo.ClaimedBatch, failures: list[repo.Failure], *,
     status: str, abort: tuple[str, str] | None = None, total: int = 0,
+    sync_id: str | None = None,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
+    refused = {f.record_key for f in failures}
+    accepted = [key for key in claimed.record_keys if key not in refused] if ok else []
     with transaction() as conn:
         try:
             repo.fence(conn, run_id, token)
@@ -461,6 +470,10 @@ def _finish(
             return BatchReport("stale")
         repo.add_failures(conn, run_id, failures)
         repo.add_counts(conn, run_id, written=ok, failed=len(failures))
+        if accepted and sync_id is not None:
+            # The snapshot advances as batches land, so finalizing a large run costs nothing
+            # and a run taken over after a crash does not resend what was accepted.
+            repo.accept_records(conn, run_id, sync_id, accepted)
         if abort is not None:
             repo.abort(conn, run_id, *abort)
         progress = repo.count_batch_done(conn, run_id)
@@ -478,18 +491,16 @@ def finalize(run_id: str, token: int) -> str | None:
     another worker holds the run now."""
     with transaction() as conn:
         try:
-            cancel = repo.fence(conn, run_id, token)
+            cancel = repo.fence(conn, run_id, token, durable=True)
         except LeaseLost:
             return None
         run = runs.get_by_id(conn, run_id)
         sync = syncs.get_by_id(conn, run.sync_id)
         progress = repo.progress(conn, run_id)
-        repo.advance_snapshot(conn, run_id, sync.id)
         failures = repo.run_failures(conn, run_id)
         null_keys = any(f.error_code == "NULL_KEY" for f in failures)
-        repo.auto_resolve_dlq(
-            conn, run_id, sync.id, null_keys_seen=null_keys or run.replay_keys is not None
-        )
+        if not null_keys and run.replay_keys is None and not cancel:
+            repo.resolve_null_key_entry(conn, sync.id)
         key_field = _key_field(sync) or "key"
         dlq.upsert_open(
             conn, workspace_id=run.workspace_id, sync_id=sync.id, run_id=run_id,

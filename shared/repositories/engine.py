@@ -87,9 +87,16 @@ def heartbeat(
     return None if row is None else bool(row[0])
 
 
-def fence(conn: psycopg.Connection, run_id: str, token: int) -> bool:
-    """Lock the run row for this transaction; False (nothing locked) if the token is stale.
-    Returns whether a cancel was requested."""
+def fence(conn: psycopg.Connection, run_id: str, token: int, *, durable: bool = False) -> bool:
+    """Lock the run row for this transaction, or raise LeaseLost if the token is stale.
+    Returns whether a cancel was requested.
+
+    Unless `durable`, the transaction commits without waiting for its WAL flush: what it
+    writes is staging (UNLOGGED, emptied by a crash, after which the reaper redoes the run)
+    and running counters, so a crash can only cost work, never correctness. Finalization,
+    which moves the snapshot and the DLQ, is durable."""
+    if not durable:
+        conn.execute("SET LOCAL synchronous_commit TO off")
     row = conn.execute(
         "SELECT cancel_requested FROM runs WHERE id = %s AND fencing_token = %s"
         " AND status = 'running' FOR NO KEY UPDATE",
@@ -208,29 +215,36 @@ def diff_into_ops(
     every record `changed`. `resend_all` (full refresh, replay) sends unchanged records too."""
     operation = {"mirror": "upsert", "upsert": "upsert", "insert": "insert",
                  "update": "update", "delete": "delete"}[mode]
-    sends = {
-        "insert": "s.change = 'added'",
-        "delete": "s.change <> 'unchanged'",
-    }.get(mode, "s.change <> 'unchanged'")
+    # The snapshot holds md5(source hash || fingerprint); classify without materialising the
+    # join: one pass counts every class, a second stages only the records that go out.
+    change = (
+        "CASE WHEN p.record_key IS NULL THEN 'added'"
+        " WHEN p.content_hash = md5(s.content_hash || %(fp)s) THEN 'unchanged'"
+        " ELSE 'changed' END"
+    )
+    joined = (
+        " FROM retl_stage s LEFT JOIN sync_snapshots p"
+        " ON p.sync_id = %(sync)s AND p.record_key = s.record_key"
+    )
+    params = {"fp": fingerprint, "sync": sync_id, "run": run_id, "op": operation}
+    added, unchanged, total = conn.execute(
+        "SELECT count(*) FILTER (WHERE p.record_key IS NULL),"
+        " count(*) FILTER (WHERE p.content_hash = md5(s.content_hash || %(fp)s)),"
+        f" count(*){joined}",
+        params,
+    ).fetchone()
+    counts = DiffCounts(added=added, unchanged=unchanged, changed=total - added - unchanged)
     if resend_all:
         sends = "true"
-    conn.execute(
-        "CREATE TEMP TABLE retl_diff ON COMMIT DROP AS"
-        " SELECT s.record_key, md5(s.content_hash || %s) AS content_hash,"
-        "  CASE WHEN p.record_key IS NULL THEN 'added'"
-        "   WHEN p.content_hash = md5(s.content_hash || %s) THEN 'unchanged'"
-        "   ELSE 'changed' END AS change"
-        " FROM retl_stage s LEFT JOIN sync_snapshots p"
-        "  ON p.sync_id = %s AND p.record_key = s.record_key",
-        (fingerprint, fingerprint, sync_id),
-    )
-    counts = DiffCounts()
-    for change, n in conn.execute("SELECT change, count(*) FROM retl_diff GROUP BY change"):
-        setattr(counts, change, n)
+    elif mode == "insert":
+        sends = "p.record_key IS NULL"
+    else:
+        sends = "p.content_hash IS DISTINCT FROM md5(s.content_hash || %(fp)s)"
     counts.outgoing = conn.execute(
         "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
-        f" SELECT %s, s.record_key, %s, s.change, s.content_hash FROM retl_diff s WHERE {sends}",
-        (run_id, operation),
+        f" SELECT %(run)s, s.record_key, %(op)s, {change}, md5(s.content_hash || %(fp)s)"
+        f"{joined} WHERE {sends}",
+        params,
     ).rowcount
     if detect_removed:
         counts.removed = counts.deletes = conn.execute(
@@ -446,63 +460,43 @@ def abort(conn: psycopg.Connection, run_id: str, code: str, error: str) -> None:
 # -- finalization --------------------------------------------------------------------------------
 
 
-@dataclass
-class Finalized:
-    accepted: int
-    auto_resolved: int
-
-
-def advance_snapshot(conn: psycopg.Connection, run_id: str, sync_id: str) -> int:
-    """Apply what the destination accepted in this run to the snapshot; resolve the open DLQ
-    entries of those records. Returns how many records were accepted."""
-    conn.execute(
-        "CREATE TEMP TABLE retl_accepted ON COMMIT DROP AS"
-        " SELECT k.record_key FROM run_batches b"
-        " CROSS JOIN LATERAL unnest(b.record_keys) AS k(record_key)"
-        " WHERE b.run_id = %s AND b.status = 'done' AND NOT EXISTS ("
-        "  SELECT 1 FROM run_failures f WHERE f.run_id = %s AND f.record_key = k.record_key"
-        "  AND f.error_code <> 'DUPLICATE_KEY')",
-        (run_id, run_id),
-    )
-    accepted = conn.execute("SELECT count(*) FROM retl_accepted").fetchone()[0]
+def accept_records(conn: psycopg.Connection, run_id: str, sync_id: str, keys: list[str]) -> None:
+    """The destination accepted these records of the run: the snapshot takes their hashes (or
+    forgets the removed ones) and their open DLQ entries resolve — unless the run also
+    recorded a failure for the key (a duplicate key), which keeps the entry open."""
+    if not keys:
+        return
     conn.execute(
         "INSERT INTO sync_snapshots (sync_id, record_key, content_hash)"
-        " SELECT %s, o.record_key, o.content_hash FROM retl_accepted a"
-        " JOIN run_ops o ON o.run_id = %s AND o.record_key = a.record_key"
-        " WHERE o.change <> 'removed'"
+        " SELECT %s, o.record_key, o.content_hash FROM run_ops o"
+        " WHERE o.run_id = %s AND o.record_key = ANY(%s::text[]) AND o.change <> 'removed'"
         " ON CONFLICT (sync_id, record_key) DO UPDATE SET content_hash = EXCLUDED.content_hash"
         " WHERE sync_snapshots.content_hash <> EXCLUDED.content_hash",
-        (sync_id, run_id),
+        (sync_id, run_id, keys),
     )
     conn.execute(
-        "DELETE FROM sync_snapshots s USING retl_accepted a, run_ops o"
-        " WHERE o.run_id = %s AND o.record_key = a.record_key AND o.change = 'removed'"
-        " AND s.sync_id = %s AND s.record_key = a.record_key",
-        (run_id, sync_id),
+        "DELETE FROM sync_snapshots s USING run_ops o"
+        " WHERE o.run_id = %s AND o.record_key = ANY(%s::text[]) AND o.change = 'removed'"
+        " AND s.sync_id = %s AND s.record_key = o.record_key",
+        (run_id, keys, sync_id),
     )
-    return accepted
-
-
-def auto_resolve_dlq(conn: psycopg.Connection, run_id: str, sync_id: str, *, null_keys_seen: bool) -> int:
-    """Resolve the open entries of records this run delivered (and of the null-key rows when a
-    full read found none any more)."""
-    resolved = conn.execute(
+    conn.execute(
         "UPDATE dlq_entries d SET resolved = true, resolved_at = now(),"
         " resolution = 'auto_resolved'"
-        " WHERE d.sync_id = %s AND NOT d.resolved AND EXISTS ("
-        "  SELECT 1 FROM retl_accepted a WHERE a.record_key = d.record_key)"
+        " WHERE d.sync_id = %s AND NOT d.resolved AND d.record_key = ANY(%s::text[])"
         " AND NOT EXISTS (SELECT 1 FROM run_failures f"
         "  WHERE f.run_id = %s AND f.record_key = d.record_key)",
-        (sync_id, run_id),
-    ).rowcount
-    if not null_keys_seen:
-        resolved += conn.execute(
-            "UPDATE dlq_entries SET resolved = true, resolved_at = now(),"
-            " resolution = 'auto_resolved'"
-            " WHERE sync_id = %s AND NOT resolved AND record_key = ''",
-            (sync_id,),
-        ).rowcount
-    return resolved
+        (sync_id, keys, run_id),
+    )
+
+
+def resolve_null_key_entry(conn: psycopg.Connection, sync_id: str) -> None:
+    """A full read found no null keys any more: the entry standing for them resolves."""
+    conn.execute(
+        "UPDATE dlq_entries SET resolved = true, resolved_at = now(),"
+        " resolution = 'auto_resolved' WHERE sync_id = %s AND NOT resolved AND record_key = ''",
+        (sync_id,),
+    )
 
 
 def run_failures(conn: psycopg.Connection, run_id: str) -> list[Failure]:
