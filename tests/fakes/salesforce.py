@@ -332,7 +332,7 @@ class FakeSalesforce(FakeServer):
 
     Controls: `access_token` (the valid bearer token), `expire_token()`, `revoke_refresh_token()`,
     `reject(value, status_code, message)` (records whose external id is `value`),
-    `api_limit`/`api_used`, `bulk_polls_before_complete` (status checks that still see a job
+    `clear_rejections()`, `api_limit`/`api_used`, `bulk_polls_before_complete` (status checks that still see a job
     InProgress), `hold_bulk_jobs` (jobs never finish), `query_page_size`.
     """
 
@@ -386,6 +386,11 @@ class FakeSalesforce(FakeServer):
         """Refuse every write of a record whose external id (or key) is `value`."""
         with self._state_lock:
             self._rejections[value] = _Rejection(status_code, message, fields)
+
+    def clear_rejections(self) -> None:
+        """Stop refusing the records `reject()` named."""
+        with self._state_lock:
+            self._rejections.clear()
 
     def expire_token(self) -> None:
         with self._state_lock:
