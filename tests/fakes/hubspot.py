@@ -326,6 +326,11 @@ class FakeHubSpot(FakeServer):
         with self._state:
             self._rejections[key] = _Rejection(category, message)
 
+    def clear_rejections(self) -> None:
+        """Stop failing the inputs `reject()` named."""
+        with self._state:
+            self._rejections.clear()
+
     def reset_window(self) -> None:
         """A new ten-second window begins."""
         with self._state:
