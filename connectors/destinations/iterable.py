@@ -16,6 +16,7 @@ What Iterable's API allows shapes what this connector offers:
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -88,6 +89,21 @@ _DATE_FORMS = (
 def iterable_datetime(value: dt.datetime) -> str:
     """`2025-03-27 17:00:00 +00:00`: Iterable's `yyyy-MM-dd HH:mm:ss ZZ` date form, in UTC."""
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S +00:00")
+
+
+def _json_value(value: Any) -> Any:
+    """JSON for a value no field type was discovered for: a Postgres numeric stays a number
+    (Iterable would otherwise type a new field as string), a moment takes Iterable's date form."""
+    if isinstance(value, decimal.Decimal):
+        # 3.0 stays a double: Iterable types a new field by its first value, and a later 4.5
+        # must not conflict with a long.
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, dt.datetime):
+        return iterable_datetime(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
 
 
 def _epoch_seconds(value: Any) -> int | None:
@@ -392,7 +408,7 @@ class IterableDestination(Destination):
                 user["preferUserId"] = True
             if merge:
                 user["mergeNestedObjects"] = True
-            prepared.append(_Prepared(index, record.key, user, json.dumps(user, default=str)))
+            prepared.append(_Prepared(index, record.key, user, json.dumps(user, default=_json_value)))
         return self._send_in_bodies(
             "/api/users/bulkUpdate", "users", prepared, len(records), self._user_failures
         )
@@ -435,7 +451,7 @@ class IterableDestination(Destination):
             event["dataFields"] = _nest(data)
             identifier = event.get("email") or event.get("userId")
             prepared.append(
-                _Prepared(index, str(identifier), event, json.dumps(event, default=str))
+                _Prepared(index, str(identifier), event, json.dumps(event, default=_json_value))
             )
         if prepared:
             sent = self._send_in_bodies(
