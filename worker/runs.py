@@ -394,8 +394,7 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
         progress = repo.progress(conn, run_id)
         stop = cancel or (progress is not None and progress.abort_error is not None)
         if not stop:
-            sync = syncs.get_by_id(conn, _sync_id(conn, run_id))
-            destination_record = connections.get_by_id(conn, sync.destination_id)
+            sync, destination_record = _run_targets(conn, run_id)
     if stop:
         return _finish(run_id, token, claimed, [], status="skipped")
     destination, limiter = destination_for(destination_record)
@@ -441,8 +440,29 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
                    total=len(records), sync_id=sync.id)
 
 
-def _sync_id(conn: psycopg.Connection, run_id: str) -> str:
-    return runs.get_by_id(conn, run_id).sync_id
+_targets: dict[str, tuple[syncs.Sync, connections.Connection]] = {}
+_targets_lock = threading.Lock()
+_TARGETS_KEPT = 64
+
+
+def _run_targets(
+    conn: psycopg.Connection, run_id: str
+) -> tuple[syncs.Sync, connections.Connection]:
+    """The run's sync and destination as of its first batch in this process: a run writes
+    every batch with the same mapping and config, and batches skip three lookups each."""
+    with _targets_lock:
+        cached = _targets.get(run_id)
+    if cached is not None:
+        return cached
+    sync = syncs.get_by_id(conn, runs.get_by_id(conn, run_id).sync_id)
+    destination = connections.get_by_id(conn, sync.destination_id)
+    if destination is None:
+        raise RunFailed(f"the sync's destination {sync.destination_id} no longer exists")
+    with _targets_lock:
+        if len(_targets) >= _TARGETS_KEPT:
+            _targets.pop(next(iter(_targets)))
+        _targets[run_id] = (sync, destination)
+    return sync, destination
 
 
 def _key_field(sync: syncs.Sync) -> str:
@@ -458,8 +478,6 @@ def _finish(
     sync_id: str | None = None,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
-    refused = {f.record_key for f in failures}
-    accepted = [key for key in claimed.record_keys if key not in refused] if ok else []
     with transaction() as conn:
         try:
             repo.fence(conn, run_id, token)
@@ -470,10 +488,11 @@ def _finish(
             return BatchReport("stale")
         repo.add_failures(conn, run_id, failures)
         repo.add_counts(conn, run_id, written=ok, failed=len(failures))
-        if accepted and sync_id is not None:
+        if ok and sync_id is not None:
             # The snapshot advances as batches land, so finalizing a large run costs nothing
             # and a run taken over after a crash does not resend what was accepted.
-            repo.accept_records(conn, run_id, sync_id, accepted)
+            repo.accept_batch(conn, run_id, claimed.batch_no, sync_id, claimed.operation,
+                              [f.record_key for f in failures])
         if abort is not None:
             repo.abort(conn, run_id, *abort)
         progress = repo.count_batch_done(conn, run_id)

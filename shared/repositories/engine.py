@@ -330,8 +330,9 @@ def insert_batch(
     payload: bytes,
 ) -> None:
     conn.execute(
+        # %b: binary arrays skip the per-element quoting of the text format.
         "INSERT INTO run_batches (run_id, batch_no, operation, record_keys, payload)"
-        " VALUES (%s, %s, %s, %s, %s)",
+        " VALUES (%s, %s, %s, %b, %b)",
         (run_id, batch_no, operation, keys, payload),
     )
 
@@ -341,7 +342,6 @@ class ClaimedBatch:
     run_id: str
     batch_no: int
     operation: str
-    record_keys: list[str]
     payload: bytes
     attempts: int
 
@@ -364,7 +364,7 @@ def claim_batch(
             " claimed_by = %s, claimed_until = now() + make_interval(secs => %s)"
             " WHERE run_id = %s AND batch_no = %s AND (status = 'pending'"
             "  OR (status = 'running' AND claimed_until < now()))"
-            " RETURNING run_id, batch_no, operation, record_keys, payload, attempts",
+            " RETURNING run_id, batch_no, operation, payload, attempts",
             (owner, claim_seconds, run_id, batch_no),
         )
         return cur.fetchone()
@@ -460,33 +460,46 @@ def abort(conn: psycopg.Connection, run_id: str, code: str, error: str) -> None:
 # -- finalization --------------------------------------------------------------------------------
 
 
-def accept_records(conn: psycopg.Connection, run_id: str, sync_id: str, keys: list[str]) -> None:
-    """The destination accepted these records of the run: the snapshot takes their hashes (or
-    forgets the removed ones) and their open DLQ entries resolve — unless the run also
-    recorded a failure for the key (a duplicate key), which keeps the entry open."""
-    if not keys:
-        return
+def accept_batch(
+    conn: psycopg.Connection, run_id: str, batch_no: int, sync_id: str, operation: str,
+    refused: list[str],
+) -> None:
+    """The destination accepted the batch's records except `refused`: the snapshot takes their
+    hashes (or forgets the removed ones) and their open DLQ entries resolve — unless the run
+    also recorded a failure for the key (a duplicate key), which keeps the entry open."""
+    # Driven by the batch's keys (one primary-key probe each): the staging tables are never
+    # analysed, and a plan that scanned the run's whole staging per batch would be quadratic.
+    accepted = (
+        "SELECT k.record_key FROM run_batches b"
+        " CROSS JOIN LATERAL unnest(b.record_keys) AS k(record_key)"
+        " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
+        " AND NOT (k.record_key = ANY(%(refused)s::text[]))"
+    )
+    params = {"run": run_id, "batch": batch_no, "refused": refused, "sync": sync_id}
     conn.execute(
         "INSERT INTO sync_snapshots (sync_id, record_key, content_hash)"
-        " SELECT %s, o.record_key, o.content_hash FROM run_ops o"
-        " WHERE o.run_id = %s AND o.record_key = ANY(%s::text[]) AND o.change <> 'removed'"
+        f" SELECT %(sync)s, o.record_key, o.content_hash FROM ({accepted}) AS a"
+        " JOIN run_ops o ON o.run_id = %(run)s AND o.record_key = a.record_key"
+        " WHERE o.change <> 'removed'"
         " ON CONFLICT (sync_id, record_key) DO UPDATE SET content_hash = EXCLUDED.content_hash"
         " WHERE sync_snapshots.content_hash <> EXCLUDED.content_hash",
-        (sync_id, run_id, keys),
+        params,
     )
-    conn.execute(
-        "DELETE FROM sync_snapshots s USING run_ops o"
-        " WHERE o.run_id = %s AND o.record_key = ANY(%s::text[]) AND o.change = 'removed'"
-        " AND s.sync_id = %s AND s.record_key = o.record_key",
-        (run_id, keys, sync_id),
-    )
+    if operation == "delete":
+        conn.execute(
+            f"DELETE FROM sync_snapshots s USING ({accepted}) AS a, run_ops o"
+            " WHERE o.run_id = %(run)s AND o.record_key = a.record_key"
+            " AND o.change = 'removed' AND s.sync_id = %(sync)s AND s.record_key = a.record_key",
+            params,
+        )
     conn.execute(
         "UPDATE dlq_entries d SET resolved = true, resolved_at = now(),"
         " resolution = 'auto_resolved'"
-        " WHERE d.sync_id = %s AND NOT d.resolved AND d.record_key = ANY(%s::text[])"
+        " WHERE d.sync_id = %(sync)s AND NOT d.resolved"
+        f" AND d.record_key IN ({accepted})"
         " AND NOT EXISTS (SELECT 1 FROM run_failures f"
-        "  WHERE f.run_id = %s AND f.record_key = d.record_key)",
-        (sync_id, keys, run_id),
+        "  WHERE f.run_id = %(run)s AND f.record_key = d.record_key)",
+        params,
     )
 
 
