@@ -259,9 +259,16 @@ def _diff(context: RunContext, source: Any, plan: mapping.Plan, heartbeat: Heart
 
     with db.connect() as pg:
         repo.create_stage(pg)
-        chunks = source.stream_key_hashes(
-            sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK
-        )
+        salted = bool(getattr(type(source), "hashes_take_salt", False))
+        if salted:
+            chunks = source.stream_key_hashes(
+                sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK,
+                salt=plan.fingerprint,
+            )
+        else:
+            chunks = source.stream_key_hashes(
+                sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK
+            )
         read = repo.copy_into_stage(pg, chunks, on_chunk)
         heartbeat.check()
         repo.fence(pg, lease.run_id, lease.fencing_token)
@@ -271,7 +278,7 @@ def _diff(context: RunContext, source: Any, plan: mapping.Plan, heartbeat: Heart
         counts = repo.diff_into_ops(
             pg, run_id=lease.run_id, sync_id=sync.id, fingerprint=plan.fingerprint,
             mode=sync.sync_mode, resend_all=lease.full_refresh or replay,
-            detect_removed=sync.sync_mode == "mirror" and not replay,
+            detect_removed=sync.sync_mode == "mirror" and not replay, salted=salted,
         )
         failed_rows = sum(r.rows for r in rejects)
         repo.set_plan_counts(pg, lease.run_id, read=read, counts=counts, failed=failed_rows)

@@ -22,6 +22,8 @@ def _quote(identifier: str) -> str:
 class DuckDbSource(Source):
     type: ClassVar[str] = "duckdb"
     label: ClassVar[str] = "DuckDB"
+    # stream_key_hashes takes `salt` (the mapping fingerprint); see the Postgres source.
+    hashes_take_salt: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "path", default=":memory:",
@@ -112,10 +114,12 @@ class DuckDbSource(Source):
         yield from self._run(query, f"SELECT * FROM (\n{text}\n) AS q", chunk_size=chunk_size)
 
     @staticmethod
-    def _hash_expression(columns: list[str]) -> str:
+    def _hash_expression(columns: list[str], salt: str = "") -> str:
+        literal = "'" + salt.replace("'", "''") + "'"
         if not columns:
-            return "md5('')"
-        return f"md5(CAST(row({', '.join('q.' + _quote(c) for c in columns)}) AS VARCHAR))"
+            return f"md5({literal})"
+        row = f"CAST(row({', '.join('q.' + _quote(c) for c in columns)}) AS VARCHAR)"
+        return f"md5({row} || {literal})"
 
     @classmethod
     def _key_expression(cls, key_column: str | None, columns: list[str]) -> str:
@@ -124,13 +128,15 @@ class DuckDbSource(Source):
         return f"CAST(q.{_quote(key_column)} AS VARCHAR)"
 
     def stream_key_hashes(
-        self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 50_000
+        self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 50_000,
+        *, salt: str = "",
     ) -> Iterator[list[tuple[Any, str]]]:
-        """(key as text, md5 of the row's `columns`). Without a key column the hash is the key."""
+        """(key as text, md5 of the row's `columns` followed by `salt`). Without a key column
+        the unsalted hash is the key."""
         text = self._checked(query)
         statement = (
-            f"SELECT {self._key_expression(key_column, columns)}, {self._hash_expression(columns)}"
-            f" FROM (\n{text}\n) AS q"
+            f"SELECT {self._key_expression(key_column, columns)},"
+            f" {self._hash_expression(columns, salt)} FROM (\n{text}\n) AS q"
         )
         yield from self._run(query, statement, chunk_size=chunk_size)
 

@@ -48,6 +48,9 @@ def _failure(query: str, exc: psycopg.Error) -> ConnectorError:
 class PostgresSource(Source):
     type: ClassVar[str] = "postgres"
     label: ClassVar[str] = "PostgreSQL"
+    # stream_key_hashes takes `salt` (the mapping fingerprint), so the engine compares the
+    # source's hashes with the snapshot as they are.
+    hashes_take_salt: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "url", required=True, secret=True,
@@ -122,11 +125,13 @@ class PostgresSource(Source):
         yield from self._run(query, statement, chunk_size=chunk_size)
 
     def stream_key_hashes(
-        self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 50_000
+        self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 50_000,
+        *, salt: str = "",
     ) -> Iterator[list[tuple[Any, str]]]:
-        """(key as text, md5 of the row's `columns`). Without a key column the hash is the key."""
+        """(key as text, md5 of the row's `columns` followed by `salt`). Without a key column
+        the unsalted hash is the key."""
         statement = sql.SQL("SELECT {}, {} FROM {}").format(
-            self._key_expression(key_column, columns), self._hash_expression(columns),
+            self._key_expression(key_column, columns), self._hash_expression(columns, salt),
             self._wrapped(query),
         )
         yield from self._run(query, statement, chunk_size=chunk_size)
@@ -152,9 +157,9 @@ class PostgresSource(Source):
         yield from self._run(query, statement, params, chunk_size=chunk_size)
 
     @staticmethod
-    def _hash_expression(columns: list[str]) -> sql.Composable:
-        return sql.SQL("md5(row({})::text)").format(
-            sql.SQL(", ").join(sql.Identifier("q", c) for c in columns)
+    def _hash_expression(columns: list[str], salt: str = "") -> sql.Composable:
+        return sql.SQL("md5(row({})::text || {})").format(
+            sql.SQL(", ").join(sql.Identifier("q", c) for c in columns), sql.Literal(salt)
         )
 
     @classmethod

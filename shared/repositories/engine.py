@@ -207,19 +207,23 @@ class DiffCounts:
 
 def diff_into_ops(
     conn: psycopg.Connection, *, run_id: str, sync_id: str, fingerprint: str, mode: str,
-    resend_all: bool, detect_removed: bool,
+    resend_all: bool, detect_removed: bool, salted: bool,
 ) -> DiffCounts:
     """Classify the staged rows against the snapshot and stage the operations the mode sends.
 
-    The snapshot holds md5(source hash || mapping fingerprint), so a changed mapping makes
-    every record `changed`. `resend_all` (full refresh, replay) sends unchanged records too."""
+    The snapshot holds the content hash salted with the mapping fingerprint, so a changed
+    mapping makes every record `changed`; `salted` says the source salted the staged hashes
+    itself, otherwise it happens here. `resend_all` (full refresh, replay) sends unchanged
+    records too."""
     operation = {"mirror": "upsert", "upsert": "upsert", "insert": "insert",
                  "update": "update", "delete": "delete"}[mode]
-    # The snapshot holds md5(source hash || fingerprint); classify without materialising the
-    # join: one pass counts every class, a second stages only the records that go out.
+    # Classify without materialising the join: one pass counts every class, a second stages
+    # only the records that go out. The hash join of a large sync needs memory, not disk.
+    conn.execute("SET LOCAL work_mem = '256MB'")
+    content = "s.content_hash" if salted else "md5(s.content_hash || %(fp)s)"
     change = (
         "CASE WHEN p.record_key IS NULL THEN 'added'"
-        " WHEN p.content_hash = md5(s.content_hash || %(fp)s) THEN 'unchanged'"
+        f" WHEN p.content_hash = {content} THEN 'unchanged'"
         " ELSE 'changed' END"
     )
     joined = (
@@ -229,7 +233,7 @@ def diff_into_ops(
     params = {"fp": fingerprint, "sync": sync_id, "run": run_id, "op": operation}
     added, unchanged, total = conn.execute(
         "SELECT count(*) FILTER (WHERE p.record_key IS NULL),"
-        " count(*) FILTER (WHERE p.content_hash = md5(s.content_hash || %(fp)s)),"
+        f" count(*) FILTER (WHERE p.content_hash = {content}),"
         f" count(*){joined}",
         params,
     ).fetchone()
@@ -239,10 +243,10 @@ def diff_into_ops(
     elif mode == "insert":
         sends = "p.record_key IS NULL"
     else:
-        sends = "p.content_hash IS DISTINCT FROM md5(s.content_hash || %(fp)s)"
+        sends = f"p.content_hash IS DISTINCT FROM {content}"
     counts.outgoing = conn.execute(
         "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
-        f" SELECT %(run)s, s.record_key, %(op)s, {change}, md5(s.content_hash || %(fp)s)"
+        f" SELECT %(run)s, s.record_key, %(op)s, {change}, {content}"
         f"{joined} WHERE {sends}",
         params,
     ).rowcount

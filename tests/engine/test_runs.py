@@ -306,3 +306,22 @@ def test_stale_fencing_token_cannot_write(driver: EngineDriver, people_sync, war
     assert sink.received == []
     with transaction() as conn:
         assert conn.execute("SELECT rows_written FROM runs WHERE id = %s", (run_id,)).fetchone()[0] == 0
+
+
+def test_change_detection_also_works_for_sources_that_cannot_salt_hashes(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch) -> None:
+    from connectors.sources.postgres import PostgresSource
+    from shared.services import syncs
+
+    monkeypatch.setattr(PostgresSource, "hashes_take_salt", False)
+    warehouse.insert(8)
+    setup = people_sync()
+    driver.run(setup)
+    warehouse.execute("UPDATE warehouse.people SET email = 'new@x' WHERE id = 5")
+    sink.received.clear()
+    assert driver.run(setup).rows_changed == 1
+    assert _sent_keys(sink) == ["5"]
+    syncs.update(setup.workspace_id, setup.sync_id, {"fieldMappings": [
+        {"source": "id", "destination": "external_id", "key": True},
+        {"source": "email", "destination": "mail"},
+    ]})
+    assert driver.run(setup).rows_changed == 8
