@@ -20,10 +20,11 @@ def peak_rss_mb() -> float:
 
 
 def main(run_id: str) -> None:
+    from worker import dispatch
     from worker import runs as engine
 
     batches: list[tuple[str, int, int]] = []
-    engine.enqueue_batch = lambda *job: batches.append(job)  # written below, after the plan
+    dispatch.enqueue_batch = lambda *job: batches.append(job)  # written below, after the plan
     started = time.perf_counter()
     engine.execute_run(run_id)
     planned = time.perf_counter()

@@ -1,5 +1,6 @@
-"""The sync engine's service: run a queued run (lease → extract → diff → pack batches), write
-one batch, finalize a run once its last batch is in, and reap what crashed workers left behind.
+"""The sync engine's service, one entry point per Celery task: execute a run (lease, then
+plan it with worker.planner), write one batch, finalize a run once its last batch is in, and
+reap what crashed workers and lost messages left behind.
 
 Postgres is the truth: a Celery message only says "look at run X / batch N". Every state write
 is fenced by the run's token, every batch is claimed before it is written, so a message
@@ -8,128 +9,33 @@ delivered twice, or a worker that lost its lease, never records anything twice."
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from connectors.destinations.base import Destination, DestinationField, Record, RecordResult
+from connectors.destinations.base import Record, RecordResult
 from connectors.errors import AuthError, ConnectorError, RetryableError
-from shared import db
 from shared.db import transaction
-from shared.queue import EXECUTE_RUN, WRITE_BATCH, send
 from shared.repositories import connections, dlq, runs, syncs
 from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
-from shared.services.connections import open_connector, record_status
+from shared.services.connections import record_status
 from shared.settings import get_settings
-from worker import mapping
+from worker import dispatch
 from worker.destinations import destination_for
 from worker.executor import write_with_retries
+from worker.planner import Heartbeat, RunCancelled, RunFailed, load_context, plan_run
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 50_000
-ROW_CHUNK = 10_000
 # Staging of finished runs is kept this long for inspection, then purged by the reaper.
 KEEP_STAGING_S = 3600.0
 
 
-class RunFailed(Exception):
-    """The run cannot go on: bad query or mapping, source down, credentials rejected."""
-
-    def __init__(self, message: str, *, auth: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.auth = auth
-
-
-class RunCancelled(Exception):
-    pass
-
-
-def worker_id() -> str:
-    """Who holds a lease or a claim: host and process, so a takeover is traceable."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def enqueue_batch(run_id: str, batch_no: int, token: int) -> None:
-    """Ring the doorbell of one batch (tests replace this to drive batches themselves)."""
-    send(WRITE_BATCH, run_id, batch_no, token)
-
-
-def enqueue_run(run_id: str) -> None:
-    send(EXECUTE_RUN, run_id)
-
-
-# -- lease heartbeat -----------------------------------------------------------------------------
-
-
-class Heartbeat:
-    """Renews the planner's lease in the background; the planner checks it between chunks."""
-
-    def __init__(self, run_id: str, token: int) -> None:
-        settings = get_settings()
-        self.run_id = run_id
-        self.token = token
-        self.lease_s = settings.lease_seconds
-        self.every_s = min(settings.heartbeat_seconds, settings.lease_seconds / 3)
-        self.lost = threading.Event()
-        self.cancel = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run_id}", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                with transaction() as conn:
-                    answer = repo.heartbeat(conn, self.run_id, self.token, self.lease_s)
-            except psycopg.Error as exc:  # a blip: the next beat tries again, within the lease
-                log.warning("heartbeat of %s failed: %s", self.run_id, exc)
-                continue
-            if answer is None:
-                self.lost.set()
-                return
-            if answer:
-                self.cancel.set()
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise LeaseLost(self.run_id)
-        if self.cancel.is_set():
-            raise RunCancelled(self.run_id)
-
-
 # -- execute a run -------------------------------------------------------------------------------
-
-
-@dataclass
-class RunContext:
-    lease: repo.Lease
-    sync: syncs.Sync
-    source_record: connections.Connection
-    destination_record: connections.Connection
-
-    @property
-    def run_id(self) -> str:
-        return self.lease.run_id
-
-    @property
-    def token(self) -> int:
-        return self.lease.fencing_token
 
 
 def execute_run(run_id: str) -> float | None:
@@ -138,7 +44,7 @@ def execute_run(run_id: str) -> float | None:
     settings = get_settings()
     try:
         with transaction() as conn:
-            lease = repo.take_lease(conn, run_id, worker_id(), settings.lease_seconds)
+            lease = repo.take_lease(conn, run_id, dispatch.worker_id(), settings.lease_seconds)
     except psycopg.errors.UniqueViolation:
         log.info("run %s waits: another run of its sync is running", run_id)
         return max(1.0, settings.lease_seconds / 4)
@@ -150,8 +56,8 @@ def execute_run(run_id: str) -> float | None:
         return None
     try:
         with Heartbeat(run_id, lease.fencing_token) as heartbeat:
-            context = _context(lease)
-            batches = _plan(context, heartbeat)
+            context = load_context(lease)
+            batches = plan_run(context, heartbeat)
             with transaction() as conn:
                 repo.fence(conn, run_id, lease.fencing_token)
                 progress = repo.planning_done(conn, run_id, batches)
@@ -185,192 +91,6 @@ def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
         log.warning("run %s ended elsewhere before it could be marked %s", lease.run_id, status)
 
 
-def _context(lease: repo.Lease) -> RunContext:
-    with transaction() as conn:
-        repo.fence(conn, lease.run_id, lease.fencing_token)
-        sync = syncs.get_by_id(conn, lease.sync_id)
-        source = connections.get_by_id(conn, sync.source_id)
-        destination = connections.get_by_id(conn, sync.destination_id)
-        repo.reset_staging(conn, lease.run_id)
-    if source is None:
-        raise RunFailed(f"the sync's source {sync.source_id} no longer exists")
-    if destination is None:
-        raise RunFailed(f"the sync's destination {sync.destination_id} no longer exists")
-    return RunContext(lease, sync, source, destination)
-
-
-def _discover_fields(destination: Destination, object_name: str) -> dict[str, DestinationField] | None:
-    """The destination's fields for casting; None (values sent uncast) when discovery fails."""
-    try:
-        return {f.name: f for f in destination.list_fields(object_name)}
-    except AuthError as exc:
-        raise RunFailed(f"the destination rejected its credentials: {exc.message}", auth=True) from None
-    except ConnectorError as exc:
-        log.warning("field discovery of %s failed (%s); values are sent uncast", object_name, exc)
-        return None
-
-
-def _plan(context: RunContext, heartbeat: Heartbeat) -> int:
-    """Extract, diff and pack the run's batches; the number of batches dispatched."""
-    sync, run_id = context.sync, context.run_id
-    try:
-        source = open_connector(context.source_record)
-    except ConnectorError as exc:
-        raise RunFailed(f"the source cannot be opened: {exc.message}") from None
-    destination, _ = destination_for(context.destination_record)
-    try:
-        try:
-            columns = source.columns(sync.source_query)
-            plan = mapping.plan_for(
-                sync.field_mappings, columns, object_name=sync.object_name, mode=sync.sync_mode
-            )
-        except mapping.MappingError as exc:
-            raise RunFailed(str(exc)) from None
-        fields = _discover_fields(destination, sync.object_name)
-        builder = mapping.RecordBuilder(plan, destination, fields)
-        counts, dup_keys = _diff(context, source, plan, heartbeat)
-        packer = BatchPacker(context, plan, destination, counts.outgoing)
-        _pack_changed_rows(context, source, plan, builder, packer, counts, dup_keys, heartbeat)
-        with transaction() as conn:
-            removals = repo.removed_keys(conn, run_id)
-            if sync.sync_mode == "delete":
-                removals = repo.outgoing_keys(conn, run_id)
-        packer.operation = "delete"
-        for key in removals:
-            packer.add(key, {plan.key_field: key})
-        packer.flush()
-        return packer.batches
-    except ConnectorError as exc:
-        raise RunFailed(exc.message, auth=isinstance(exc, AuthError)) from None
-    finally:
-        source.close()
-
-
-def _diff(context: RunContext, source: Any, plan: mapping.Plan, heartbeat: Heartbeat):
-    """Stream (key, hash) from the source into a staging table and classify it in Postgres."""
-    sync, lease = context.sync, context.lease
-    replay = lease.replay_keys is not None
-
-    def on_chunk(rows: int) -> None:
-        heartbeat.check()
-        with transaction() as conn:
-            repo.fence(conn, lease.run_id, lease.fencing_token)
-            repo.set_rows_read(conn, lease.run_id, rows)
-
-    with db.connect() as pg:
-        repo.create_stage(pg)
-        salted = bool(getattr(type(source), "hashes_take_salt", False))
-        if salted:
-            chunks = source.stream_key_hashes(
-                sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK,
-                salt=plan.fingerprint,
-            )
-        else:
-            chunks = source.stream_key_hashes(
-                sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK
-            )
-        read = repo.copy_into_stage(pg, chunks, on_chunk)
-        heartbeat.check()
-        repo.fence(pg, lease.run_id, lease.fencing_token)
-        if replay:
-            repo.restrict_stage_to_keys(pg, lease.replay_keys or [])
-        rejects = repo.stage_rejects(pg, lease.run_id)
-        counts = repo.diff_into_ops(
-            pg, run_id=lease.run_id, sync_id=sync.id, fingerprint=plan.fingerprint,
-            mode=sync.sync_mode, resend_all=lease.full_refresh or replay,
-            detect_removed=sync.sync_mode == "mirror" and not replay, salted=salted,
-        )
-        failed_rows = sum(r.rows for r in rejects)
-        repo.set_plan_counts(pg, lease.run_id, read=read, counts=counts, failed=failed_rows)
-        pg.commit()
-    dup_keys = {r.record_key for r in rejects if r.error_code == "DUPLICATE_KEY"}
-    return counts, dup_keys
-
-
-def _pack_changed_rows(
-    context: RunContext, source: Any, plan: mapping.Plan, builder: mapping.RecordBuilder,
-    packer: BatchPacker, counts: repo.DiffCounts, dup_keys: set[str], heartbeat: Heartbeat,
-) -> None:
-    """Read the full rows of the records that go out (filtered in the source) and pack them."""
-    sync = context.sync
-    to_send = counts.outgoing - counts.deletes
-    if to_send == 0 or sync.sync_mode == "delete":
-        return
-    valid = counts.added + counts.changed + counts.unchanged
-    if to_send == valid and context.lease.replay_keys is None:
-        keys = None  # everything the result holds goes out: no filter to ship to the source
-    else:
-        with transaction() as conn:
-            keys = repo.outgoing_keys(conn, context.run_id)
-    packer.operation = {"mirror": "upsert"}.get(sync.sync_mode, sync.sync_mode)
-    seen_dups: set[str] = set()
-    for chunk in source.stream_rows_for_keys(
-        sync.source_query, plan.key_column, plan.read_columns, keys, ROW_CHUNK
-    ):
-        heartbeat.check()
-        for row in chunk:
-            key = row[0]
-            if key is None:
-                continue
-            if key in dup_keys:
-                if key in seen_dups:
-                    continue
-                seen_dups.add(key)
-            try:
-                fields = builder.build(row)
-            except mapping.RecordMappingError as exc:
-                packer.fail(key, "MAPPING", str(exc))
-                continue
-            packer.add(key, fields)
-    packer.flush()
-
-
-class BatchPacker:
-    """Collects records into batches of the destination's size; stores and dispatches each."""
-
-    def __init__(
-        self, context: RunContext, plan: mapping.Plan, destination: Destination, total: int
-    ) -> None:
-        self.context = context
-        self.key_field = plan.key_field
-        self.operation = "upsert"
-        operation = "upsert" if context.sync.sync_mode == "mirror" else context.sync.sync_mode
-        self.size = max(1, destination.batch_size_for(operation, total))
-        self.batches = 0
-        self._records: list[tuple[str, dict[str, Any]]] = []
-        self._failures: list[repo.Failure] = []
-
-    def add(self, key: str, fields: dict[str, Any]) -> None:
-        self._records.append((key, fields))
-        if len(self._records) >= self.size:
-            self.flush()
-
-    def fail(self, key: str, code: str, message: str) -> None:
-        self._failures.append(repo.Failure(key, key, code, message))
-        if len(self._failures) >= self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._records and not self._failures:
-            return
-        run_id, token = self.context.run_id, self.context.token
-        batch_no = None
-        with transaction() as conn:
-            repo.fence(conn, run_id, token)
-            if self._records:
-                batch_no = self.batches + 1
-                repo.insert_batch(
-                    conn, run_id, batch_no, self.operation, [key for key, _ in self._records],
-                    pickle.dumps(self._records, protocol=pickle.HIGHEST_PROTOCOL),
-                )
-            repo.add_failures(conn, run_id, self._failures)
-            repo.add_counts(conn, run_id, failed=len(self._failures))
-        self._records, self._failures = [], []
-        if batch_no is not None:
-            self.batches = batch_no
-            enqueue_batch(run_id, batch_no, token)
-
-
 # -- write a batch -------------------------------------------------------------------------------
 
 
@@ -395,7 +115,7 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
             cancel = repo.fence(conn, run_id, token)
         except LeaseLost:
             return BatchReport("stale")
-        claimed = repo.claim_batch(conn, run_id, batch_no, worker_id(), claim_s)
+        claimed = repo.claim_batch(conn, run_id, batch_no, dispatch.worker_id(), claim_s)
         if claimed is None:
             return BatchReport("stale")
         progress = repo.progress(conn, run_id)
@@ -561,7 +281,7 @@ class ReapReport:
     staging_purged: int
 
 
-def reap(*, resend: Callable[[str, int, int], None] | None = None) -> ReapReport:
+def reap() -> ReapReport:
     """Find what lost messages and dead workers left behind and ring its doorbell again:
     queued runs never picked up, planners whose lease expired, batches whose claimant died,
     runs whose last batch finished but were never finalized."""
@@ -576,9 +296,9 @@ def reap(*, resend: Callable[[str, int, int], None] | None = None) -> ReapReport
         if queued:
             runs.mark_enqueued(conn, queued)
     for run_id in [*queued, *expired]:
-        enqueue_run(run_id)
+        dispatch.enqueue_run(run_id)
     for batch in stranded:
-        (resend or enqueue_batch)(batch.run_id, batch.batch_no, batch.fencing_token)
+        dispatch.enqueue_batch(batch.run_id, batch.batch_no, batch.fencing_token)
     finalized = []
     for run_id in unfinished:
         with transaction() as conn:

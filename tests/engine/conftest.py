@@ -107,13 +107,15 @@ class EngineDriver:
     written by `workers` threads, as several Celery workers would."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from worker import dispatch
         from worker import runs as engine
 
         self.engine = engine
+        self.dispatch = dispatch
         self.pending: list[tuple[str, int, int]] = []
         self.lock = threading.Lock()
-        monkeypatch.setattr(engine, "enqueue_batch", self._collect)
-        monkeypatch.setattr(engine, "enqueue_run", lambda run_id: None)
+        monkeypatch.setattr(dispatch, "enqueue_batch", self._collect)
+        monkeypatch.setattr(dispatch, "enqueue_run", lambda run_id: None)
         monkeypatch.setattr(run_service, "enqueue", lambda run_ids: None)
 
     def _collect(self, run_id: str, batch_no: int, token: int) -> None:

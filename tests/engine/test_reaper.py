@@ -15,7 +15,7 @@ def test_a_queued_run_whose_message_was_lost_is_enqueued_again(driver: EngineDri
     setup = people_sync()
     run_id = driver.trigger(setup)  # the doorbell never rang: enqueueing is switched off
     rung: list[str] = []
-    monkeypatch.setattr(driver.engine, "enqueue_run", rung.append)
+    monkeypatch.setattr(driver.dispatch, "enqueue_run", rung.append)
     report = driver.engine.reap()
     assert rung == [run_id] and report.runs_enqueued == [run_id]
     assert driver.execute(run_id).status == "succeeded"
@@ -32,7 +32,7 @@ def test_a_planner_that_died_is_replaced_after_its_lease(driver: EngineDriver, p
     assert retry_in is not None and retry_in > 0
     time.sleep(0.2)
     rung: list[str] = []
-    monkeypatch.setattr(driver.engine, "enqueue_run", rung.append)
+    monkeypatch.setattr(driver.dispatch, "enqueue_run", rung.append)
     driver.engine.reap()
     assert rung == [run_id]
     run = driver.execute(run_id)
