@@ -41,7 +41,7 @@ class RunFailed(Exception):
 
 
 class RunCancelled(Exception):
-    pass
+    """A cancel was requested while the run was being planned."""
 
 
 class Heartbeat:
@@ -151,7 +151,7 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
         fields = _discover_fields(destination, sync.object_name)
         builder = mapping.RecordBuilder(plan, destination, fields)
         counts, dup_keys = _diff(context, source, plan, heartbeat)
-        packer = BatchPacker(context, plan, destination, counts.outgoing)
+        packer = BatchPacker(context, destination, counts.outgoing)
         _pack_changed_rows(context, source, plan, builder, packer, counts, dup_keys, heartbeat)
         with transaction() as conn:
             removals = repo.removed_keys(conn, run_id)
@@ -237,6 +237,8 @@ def _pack_changed_rows(
             if key is None:
                 continue
             if key in dup_keys:
+                # The first occurrence wins. Both reads see the rows in the same order when
+                # the query orders them; otherwise "first" is the source's own order.
                 if key in seen_dups:
                     continue
                 seen_dups.add(key)
@@ -252,11 +254,8 @@ def _pack_changed_rows(
 class BatchPacker:
     """Collects records into batches of the destination's size; stores and dispatches each."""
 
-    def __init__(
-        self, context: RunContext, plan: mapping.Plan, destination: Destination, total: int
-    ) -> None:
+    def __init__(self, context: RunContext, destination: Destination, total: int) -> None:
         self.context = context
-        self.key_field = plan.key_field
         self.operation = "upsert"
         operation = "upsert" if context.sync.sync_mode == "mirror" else context.sync.sync_mode
         self.size = max(1, destination.batch_size_for(operation, total))
