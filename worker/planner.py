@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,9 +229,7 @@ def _pack_changed_rows(
             keys = repo.outgoing_keys(conn, context.run_id)
     packer.operation = {"mirror": "upsert"}.get(sync.sync_mode, sync.sync_mode)
     seen_dups: set[str] = set()
-    for chunk in source.stream_rows_for_keys(
-        sync.source_query, plan.key_column, plan.read_columns, keys, ROW_CHUNK
-    ):
+    for chunk in _rows_for_keys(source, sync.source_query, plan, keys):
         heartbeat.check()
         for row in chunk:
             key = row[0]
@@ -249,6 +248,30 @@ def _pack_changed_rows(
                 continue
             packer.add(key, fields)
     packer.flush()
+
+
+def _rows_for_keys(
+    source: Source, query: str, plan: mapping.Plan, keys: list[str] | None
+) -> Iterator[list[tuple]]:
+    """(key text, *read_columns) of the rows whose key is in `keys` (all when None): filtered
+    in the source when it can, else from its plain stream (keys as Python text)."""
+    if hasattr(source, "stream_rows_for_keys"):
+        yield from source.stream_rows_for_keys(
+            query, plan.key_column, plan.read_columns, keys, ROW_CHUNK
+        )
+        return
+    if plan.key_column is None:
+        raise RunFailed(f"the {source.type} source cannot run a sync without a key mapping")
+    columns = source.columns(query)
+    positions = [columns.index(c) for c in [plan.key_column, *plan.read_columns]]
+    wanted = None if keys is None else set(keys)
+    for chunk in source.stream(query, ROW_CHUNK):
+        rows = []
+        for row in chunk:
+            key = None if row[positions[0]] is None else str(row[positions[0]])
+            if wanted is None or key in wanted:
+                rows.append((key, *(row[i] for i in positions[1:])))
+        yield rows
 
 
 class BatchPacker:

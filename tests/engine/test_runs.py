@@ -325,3 +325,19 @@ def test_change_detection_also_works_for_sources_that_cannot_salt_hashes(driver:
         {"source": "email", "destination": "mail"},
     ]})
     assert driver.run(setup).rows_changed == 8
+
+
+def test_a_source_without_pushed_down_filters_still_syncs_changes(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch) -> None:
+    from connectors.sources.postgres import PostgresSource
+
+    monkeypatch.delattr(PostgresSource, "stream_rows_for_keys")
+    monkeypatch.setattr(PostgresSource, "hashes_take_salt", False)
+    warehouse.insert(6)
+    setup = people_sync()
+    assert driver.run(setup).rows_written == 6
+    warehouse.execute("UPDATE warehouse.people SET name = 'Changed' WHERE id = 4")
+    sink.received.clear()
+    run = driver.run(setup)
+    assert _sent_keys(sink) == ["4"]
+    assert sink.store["4"]["full_name"] == "Changed"
+    assert run.status == "succeeded"
