@@ -53,6 +53,20 @@ class RetryAfterWait:
         return self.backoff(state)
 
 
+def retrying_passing_failures(policy: RetryPolicy, what: str) -> Retrying:
+    """tenacity's Retrying for calls to a destination: RetryableError is retried (honouring
+    Retry-After) until the policy's attempts run out, then re-raised; other errors escape."""
+    return Retrying(
+        retry=retry_if_exception_type(RetryableError),
+        stop=stop_after_attempt(policy.attempts),
+        wait=RetryAfterWait(policy),
+        reraise=True,
+        before_sleep=lambda state: log.info(
+            "%s failed (%s); retry %d", what, state.outcome.exception(), state.attempt_number
+        ),
+    )
+
+
 @dataclass
 class BatchOutcome:
     results: list[RecordResult]  # one per record, in order
@@ -75,15 +89,7 @@ def write_with_retries(
             limiter.acquire_rate()
             return destination.write_batch(object_name, operation, key_field, batch)
 
-    retrying = Retrying(
-        retry=retry_if_exception_type(RetryableError),
-        stop=stop_after_attempt(policy.attempts),
-        wait=RetryAfterWait(policy),
-        reraise=True,
-        before_sleep=lambda state: log.info(
-            "batch write failed (%s); retry %d", state.outcome.exception(), state.attempt_number
-        ),
-    )
+    retrying = retrying_passing_failures(policy, "batch write")
     results: list[RecordResult | None] = [None] * len(records)
     pending = list(range(len(records)))
     for round_no in range(1, policy.attempts + 1):

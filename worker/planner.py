@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from connectors.destinations.base import Destination, DestinationField
-from connectors.errors import AuthError, ConnectorError
+from connectors.errors import AuthError, ConnectorError, RetryableError
 from connectors.sources.base import Source
 from shared import db
 from shared.db import transaction
@@ -25,6 +25,7 @@ from shared.services.connections import open_connector
 from shared.settings import get_settings
 from worker import dispatch, mapping
 from worker.destinations import destination_for
+from worker.executor import RetryPolicy, retrying_passing_failures
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,18 @@ def load_context(lease: repo.Lease) -> RunContext:
 
 
 def _discover_fields(destination: Destination, object_name: str) -> dict[str, DestinationField] | None:
-    """The destination's fields for casting; None (values sent uncast) when discovery fails."""
+    """The destination's fields for casting. A passing failure (429, 5xx) is retried like a
+    write, and fails the run when it lasts; a destination that cannot describe the object
+    (None) gets its values uncast."""
     try:
-        return {f.name: f for f in destination.list_fields(object_name)}
+        fields = retrying_passing_failures(RetryPolicy(), "field discovery")(
+            destination.list_fields, object_name
+        )
+        return {f.name: f for f in fields}
     except AuthError as exc:
         raise RunFailed(f"the destination rejected its credentials: {exc.message}", auth=True) from None
+    except RetryableError as exc:
+        raise RunFailed(f"the destination is unavailable: {exc.message}") from None
     except ConnectorError as exc:
         log.warning("field discovery of %s failed (%s); values are sent uncast", object_name, exc)
         return None

@@ -297,12 +297,6 @@ def test_a_run_larger_than_the_bulk_threshold_writes_through_an_ingest_job(
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "worker/runs.py _discover_fields treats a retryable discovery error (429, 5xx) like a "
-    "permanent one and sends the run's values uncast: the datetime goes out as "
-    "'2025-03-27 17:01:00+00:00', Salesforce refuses every batch with JSON_PARSER_ERROR and "
-    "the run fails"
-))
 def test_a_429_on_field_discovery_still_sends_salesforce_typed_values(
     driver: EngineDriver, account: Any, people: Warehouse, org: FakeSalesforce
 ) -> None:
