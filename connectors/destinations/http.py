@@ -15,6 +15,8 @@ Wire contract, so that any receiver can be written against it:
 - A 2xx answer accepts every record, unless `resultsPath` names a list in the answer with one
   result per record, in request order: `{"ok": true}` or `{"ok": false, "error": "why"}`
   (`success` and `message` are accepted as synonyms; an `id` becomes the record's external id).
+  A refusal may carry `"code"` (`NOT_FOUND`, `DESTINATION_VALIDATION`, `RATE_LIMIT`, `TIMEOUT`,
+  `UNKNOWN`) and `"retryable": true` for a passing reason, which retl then tries again.
 - 429, 5xx, connection errors and timeouts are retried later (`Retry-After` is honoured);
   401/403 reject the credentials; any other 4xx refuses every record of the batch.
 """
@@ -45,6 +47,8 @@ from connectors.errors import AuthError, ConnectorError, RetryableError
 FORMATS = ("json_array", "json_object", "ndjson")
 METHODS = ("POST", "PUT", "PATCH")
 MAX_BATCH_SIZE = 10_000
+# Codes a receiver may give a refused record; anything else files it as DESTINATION_VALIDATION.
+RECORD_ERROR_CODES = frozenset({"DESTINATION_VALIDATION", "NOT_FOUND", "RATE_LIMIT", "TIMEOUT", "UNKNOWN"})
 # Enough of a refusal to explain it without filling the DLQ with a whole HTML error page.
 MAX_ERROR_TEXT = 1000
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -277,9 +281,10 @@ class HttpDestination(Destination):
         headers = {
             "Content-Type": self.content_type,
             "X-Retl-Operation": operation,
-            "X-Retl-Key-Field": key_field,
             "Idempotency-Key": digest.hexdigest(),
         }
+        if key_field:  # an insert-only sync may have no key mapping
+            headers["X-Retl-Key-Field"] = key_field
         try:
             response = self.session.request(
                 self.method,
@@ -361,8 +366,11 @@ class HttpDestination(Destination):
         if ok is False:
             if message is not None and not isinstance(message, str):
                 message = json.dumps(message, default=str)
+            code = item.get("code")
             return RecordResult.failure(
-                "DESTINATION_VALIDATION", (message or "rejected by the endpoint")[:MAX_ERROR_TEXT]
+                code if code in RECORD_ERROR_CODES else "DESTINATION_VALIDATION",
+                (message or "rejected by the endpoint")[:MAX_ERROR_TEXT],
+                retryable=item.get("retryable") is True,
             )
         return RecordResult.failure(
             "UNKNOWN", f"unexpected result {json.dumps(item)[:MAX_ERROR_TEXT]}"

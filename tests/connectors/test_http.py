@@ -111,7 +111,7 @@ def test_each_operation_applied(sink: FakeHttpSink) -> None:
     update = [Record("1", {"id": 1, "name": "renamed"}), Record("9", {"id": 9, "name": "x"})]
     results = destination.write_batch("records", "update", "id", update)
     assert results[0].ok
-    assert results[1] == RecordResult.failure("DESTINATION_VALIDATION", "id 9 not found")
+    assert results[1] == RecordResult.failure("NOT_FOUND", "id 9 not found")
     assert destination.write_batch("records", "delete", "id", [Record("2", {"id": 2})])[0].ok
     assert sink.store == {"1": {"id": 1, "name": "renamed"}, "3": {"id": 3, "name": "person 3"}}
     assert [b.operation for b in sink.received] == ["insert", "insert", "update", "delete"]
@@ -336,3 +336,17 @@ def test_idempotent_receiver_drops_retried_batch() -> None:
             RecordResult.success()
         ]
         assert sink.replayed == 1 and len(sink.received) == 1
+
+
+def test_a_result_may_carry_a_known_code_and_retryable(sink):
+    destination = make(sink.url, resultsPath="results")
+    answer = {"results": [
+        {"ok": False, "error": "locked", "code": "RATE_LIMIT", "retryable": True},
+        {"ok": False, "error": "odd", "code": "SOMETHING_ELSE"},
+    ]}
+    sink.fail_next(200, answer)
+    results = destination.write_batch("records", "upsert", "id", people(1, 3))
+    assert results == [
+        RecordResult.failure("RATE_LIMIT", "locked", retryable=True),
+        RecordResult.failure("DESTINATION_VALIDATION", "odd"),
+    ]

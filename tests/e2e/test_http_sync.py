@@ -51,14 +51,14 @@ def receiver() -> Iterator[FakeHttpSink]:
 
 
 def _sync(account: Any, people: Warehouse, receiver: FakeHttpSink, *, mode: str = "upsert",
-          token: str = TOKEN) -> SyncSetup:
+          token: str = TOKEN, mappings: list[dict[str, Any]] | None = None) -> SyncSetup:
     config = {
         "url": f"{receiver.url}/people", "headers": {"Authorization": token},
         "batchSize": RECEIVER_LIMIT, "format": "json_object", "resultsPath": "results",
         "fields": FIELDS, "objectName": "people", "rateLimitPerSecond": 1000,
     }
-    return make_sync(account, people, "http", config, object_name="people", mappings=MAPPINGS,
-                     mode=mode)
+    return make_sync(account, people, "http", config, object_name="people",
+                     mappings=mappings or MAPPINGS, mode=mode)
 
 
 def _sent_keys(receiver: FakeHttpSink, operation: str = "upsert") -> list[str]:
@@ -135,10 +135,6 @@ def test_update_of_a_missing_record_lands_in_the_dlq_with_the_receiver_message(
     assert entries["3"]["message"] == "external_id 3 not found"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the HTTP destination's result contract has no error code: a receiver that answers "
-    "'not found' for an update is filed as DESTINATION_VALIDATION, never NOT_FOUND"
-))
 def test_update_of_a_missing_record_is_not_found_in_the_dlq(
     driver: EngineDriver, account: Any, people: Warehouse, receiver: FakeHttpSink,
     client: FlaskClient,
@@ -268,3 +264,19 @@ def test_discovery_answers_the_endpoint_object_and_its_declared_fields(
     assert {name: fields[name]["data_type"] for name in (
         "score", "active", "last_seen_at", "born_on",
     )} == {"score": "number", "active": "boolean", "last_seen_at": "datetime", "born_on": "date"}
+
+
+def test_insert_without_a_key_mapping_sends_every_row_once(
+    driver: EngineDriver, account: Any, people: Warehouse, receiver: FakeHttpSink
+) -> None:
+    seed(people, 3)
+    mappings = [{"source": "email", "destination": "email"}, {"source": "name", "destination": "full_name"}]
+    setup = _sync(account, people, receiver, mode="insert", mappings=mappings)
+    run = driver.run(setup)
+    assert run.status == "succeeded", run.error
+    assert run.rows_written == 3
+    assert sorted(r["email"] for r in receiver.store.values()) == [
+        "user1@example.com", "user2@example.com", "user3@example.com"
+    ]
+    assert all("x-retl-key-field" not in batch.headers for batch in receiver.received)
+    assert driver.run(setup).rows_written == 0  # unchanged rows are not inserted again

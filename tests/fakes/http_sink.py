@@ -105,7 +105,7 @@ class FakeHttpSink(FakeServer):
         key_field = request.headers.get("x-retl-key-field", "")
         if operation not in OPERATIONS:
             return Response(400, {"error": f"X-Retl-Operation must be one of {OPERATIONS}"})
-        if not key_field:
+        if not key_field and operation != "insert":
             return Response(400, {"error": "X-Retl-Key-Field header is required"})
         try:
             records = self._parse_records(request)
@@ -151,27 +151,30 @@ class FakeHttpSink(FakeServer):
 
     def _apply(self, operation: str, key_field: str, records: list[dict[str, Any]]) -> Response:
         """Apply one batch to the store (under the state lock) and build the answer."""
-        errors: list[str | None] = []
+        errors: list[dict[str, str] | None] = []
         for record in records:
+            if not key_field:  # an insert without a key: every record is new
+                errors.append(None)
+                continue
             key_value = record.get(key_field)
             key = None if key_value is None else str(key_value)
             if key is None:
-                errors.append(f"{key_field} is missing")
+                errors.append({"error": f"{key_field} is missing"})
             elif key in self._rejected:
-                errors.append(self._rejected[key])
+                errors.append({"error": self._rejected[key]})
             elif operation == "insert" and key in self.store:
-                errors.append(f"{key_field} {key} already exists")
+                errors.append({"error": f"{key_field} {key} already exists"})
             elif operation == "update" and key not in self.store:
-                errors.append(f"{key_field} {key} not found")
+                errors.append({"error": f"{key_field} {key} not found", "code": "NOT_FOUND"})
             else:
                 errors.append(None)
         if self.results_path is None and any(errors):
             first = next(error for error in errors if error)
-            return Response(422, {"error": first})
+            return Response(422, {"error": first["error"]})
         for record, error in zip(records, errors, strict=True):
             if error is not None:
                 continue
-            key = str(record[key_field])
+            key = str(record[key_field]) if key_field else f"#{len(self.store) + 1}"
             if operation == "delete":
                 self.store.pop(key, None)
             elif operation == "update":
@@ -182,9 +185,7 @@ class FakeHttpSink(FakeServer):
                 self.store[key] = dict(record)
         if self.results_path is None:
             return Response(200, {"received": len(records)})
-        results: Any = [
-            {"ok": True} if error is None else {"ok": False, "error": error} for error in errors
-        ]
+        results: Any = [{"ok": True} if error is None else {"ok": False, **error} for error in errors]
         for part in reversed(self.results_path.split(".")):
             results = {part: results}
         return Response(200, results)
