@@ -24,10 +24,8 @@ Wire contract, so that any receiver can be written against it:
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import hashlib
 import json
-import time
 from typing import Any, ClassVar
 
 import requests
@@ -43,6 +41,7 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError
+from connectors.http_support import passing_failure
 
 FORMATS = ("json_array", "json_object", "ndjson")
 METHODS = ("POST", "PUT", "PATCH")
@@ -76,24 +75,6 @@ _TYPE_ALIASES = {
 # One encoder for every batch: the C encoder does the work; `default=str` keeps a stray
 # Decimal or UUID from failing a whole batch.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` as seconds from now; it is either delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return max(0.0, moment.timestamp() - time.time())
 
 
 def _dig(document: Any, dotted_path: str) -> Any:
@@ -307,17 +288,9 @@ class HttpDestination(Destination):
                 return [RecordResult.success()] * count
             return self._per_record_results(response, count)
         text = response.text[:MAX_ERROR_TEXT]
-        if status == 429:
-            raise RetryableError(
-                f"{self.url} is rate limiting (HTTP 429): {text}",
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-                code="RATE_LIMIT",
-            )
-        if status >= 500:
-            raise RetryableError(
-                f"{self.url} failed (HTTP {status}): {text}",
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
+        passing = passing_failure(status, response.headers, f"{self.url} answered HTTP {status}: {text}")
+        if passing is not None:
+            raise passing
         if status in (401, 403):
             raise AuthError(
                 f"{self.url} refused the credentials (HTTP {status}): {text}; "

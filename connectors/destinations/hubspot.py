@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import email.utils
 import json
 import re
 import threading
@@ -26,6 +25,7 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError
+from connectors.http_support import retry_after_seconds
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 # HubSpot's CRM batch endpoints take at most 100 inputs per request.
@@ -580,19 +580,19 @@ class HubSpotDestination(Destination):
         if status == 423:
             raise RetryableError(
                 f"HubSpot locked the records (423): {reply.message}",
-                retry_after=_retry_after(reply.headers) or LOCKED_RETRY_SECONDS,
+                retry_after=retry_after_seconds(reply.headers.get("Retry-After")) or LOCKED_RETRY_SECONDS,
             )
         if status == 477 or status >= 500:
             raise RetryableError(
                 f"HubSpot is unavailable ({status}): {reply.message[:500]}",
-                retry_after=_retry_after(reply.headers),
+                retry_after=retry_after_seconds(reply.headers.get("Retry-After")),
             )
         return reply
 
     def _rate_limit_error(self, reply: _Reply) -> RetryableError:
         body = reply.body if isinstance(reply.body, dict) else {}
         policy = str(body.get("policyName") or "")
-        retry_after = _retry_after(reply.headers)
+        retry_after = retry_after_seconds(reply.headers.get("Retry-After"))
         if retry_after is None:
             if policy == "DAILY":
                 retry_after = DAILY_LIMIT_RETRY_SECONDS
@@ -809,20 +809,3 @@ def _window_seconds(headers: Any) -> float:
     return interval / 1000.0 if interval and interval > 0 else DEFAULT_WINDOW_SECONDS
 
 
-def _retry_after(headers: Any) -> float | None:
-    """`Retry-After` in seconds, as a number or an HTTP date."""
-    value = headers.get("Retry-After") if headers is not None else None
-    if value is None:
-        return None
-    text = str(value).strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return max(0.0, (moment - dt.datetime.now(dt.UTC)).total_seconds())

@@ -36,8 +36,8 @@ from connectors.destinations.base import (
     Record,
     RecordResult,
 )
-from connectors.destinations.http import retry_after_seconds
 from connectors.errors import AuthError, ConnectorError, RetryableError, UnsupportedMode
+from connectors.http_support import passing_failure
 
 DEFAULT_BASE_URL = "https://api.iterable.com"
 # Iterable's documented ceiling is 4 MB per request body; stay a little under it.
@@ -259,17 +259,11 @@ class IterableDestination(Destination):
                 f"Iterable rejected the API key (HTTP {status}: {self._describe(response)}); "
                 "fix apiKey in the destination's config (it must be a server-side key)"
             )
-        if status == 429:
-            raise RetryableError(
-                f"Iterable rate limit: {self._describe(response)}",
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-                code="RATE_LIMIT",
-            )
-        if status >= 500:
-            raise RetryableError(
-                f"Iterable failed (HTTP {status}): {self._describe(response)}",
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
+        passing = passing_failure(
+            status, response.headers, f"Iterable answered HTTP {status}: {self._describe(response)}"
+        )
+        if passing is not None:
+            raise passing
         return response
 
     @staticmethod

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
-import email.utils
 import io
 import json
 import re
@@ -47,6 +46,7 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError
+from connectors.http_support import retry_after_seconds
 
 DEFAULT_LOGIN_URL = "https://login.salesforce.com"
 DEFAULT_API_VERSION = "v62.0"
@@ -146,24 +146,6 @@ def _canonical_number(value: Any) -> str | None:
     if not number.is_finite():
         return None
     return format(number.normalize(), "f")
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` as seconds from now; it is either delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return max(0.0, moment.timestamp() - time.time())
 
 
 def _error_entries(response: requests.Response) -> list[SalesforceError]:
@@ -479,7 +461,7 @@ class SalesforceDestination(Destination):
             if response.status_code == 429 or response.status_code >= 500:
                 raise RetryableError(
                     f"Salesforce sign-in failed (HTTP {response.status_code}): {text}",
-                    retry_after=_retry_after_seconds(response.headers.get("Retry-After")),
+                    retry_after=retry_after_seconds(response.headers.get("Retry-After")),
                     code="RATE_LIMIT" if response.status_code == 429 else "UNKNOWN",
                 )
             try:
@@ -563,7 +545,7 @@ class SalesforceDestination(Destination):
         detail = "; ".join(error.describe() for error in errors) or response.text
         detail = detail[:MAX_ERROR_TEXT]
         where = f"{method} {path.split('?')[0]}"
-        retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         if status == 401:
             raise AuthError(
                 f"Salesforce refused the session (HTTP 401, {detail}): fix the destination's "

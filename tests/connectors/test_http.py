@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from connectors.destinations.base import DestinationField, Record, RecordResult
-from connectors.destinations.http import HttpDestination, retry_after_seconds
+from connectors.destinations.http import HttpDestination
 from connectors.errors import AuthError, ConnectorError, RetryableError
+from connectors.http_support import retry_after_seconds
 from connectors.registry import destination_class
 from tests.fakes.http_sink import FakeHttpSink
 
@@ -225,7 +226,7 @@ def test_batch_over_receiver_limit_is_refused_and_batch_size_capped() -> None:
     assert make("http://127.0.0.1:1/x", batchSize=50_000).batch_size_for("upsert", 10) == 10_000
 
 
-def test_429_withretry_after_seconds(sink: FakeHttpSink) -> None:
+def test_429_with_retry_after_seconds(sink: FakeHttpSink) -> None:
     sink.fail_next(429, {"error": "slow down"}, {"Retry-After": "7"})
     with pytest.raises(RetryableError) as caught:
         make(sink.url).write_batch("records", "upsert", "id", people(1))
