@@ -141,7 +141,7 @@ class ConnectionUpdateSchema(Strict):
 
 
 class ApiKeyBodySchema(Strict):
-    pass
+    """Creating a key takes no fields: the key belongs to the caller's workspace."""
 
 
 # ---- query strings --------------------------------------------------------------------------
@@ -187,7 +187,7 @@ class FieldsQuery(Strict):
 
 
 class EmptyQuery(Strict):
-    pass
+    """For routes that take no query parameters: any parameter is refused."""
 
 
 # ---- resource attributes --------------------------------------------------------------------

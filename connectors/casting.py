@@ -10,7 +10,7 @@ from typing import Any
 
 
 class CastError(ValueError):
-    pass
+    """A value that cannot be turned into the field's type."""
 
 
 _TRUE = {"true", "t", "yes", "y", "1"}

@@ -75,7 +75,7 @@ def stats(
     return DlqStats(open_count, resolved_count, dict(sorted(by_code.items())))
 
 
-def open_entries_by_ids(
+def entries_by_ids(
     conn: psycopg.Connection, workspace_id: str, entry_ids: list[str]
 ) -> list[DlqEntry]:
     with conn.cursor(row_factory=class_row(DlqEntry)) as cur:

@@ -53,7 +53,7 @@ def resolve(workspace_id: str, entry_ids: list[str], resolution: str, replay: bo
     new_runs: list[str] = []
     replay_runs: list[str] = []
     with transaction() as conn:
-        entries = dlq.open_entries_by_ids(conn, workspace_id, wanted)
+        entries = dlq.entries_by_ids(conn, workspace_id, wanted)
         found = {e.id for e in entries}
         missing = [i for i in wanted if i not in found]
         if missing:

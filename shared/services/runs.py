@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+import psycopg
+
 from shared.db import transaction
 from shared.errors import Conflict, NotFound
 from shared.pagination import Page, decode_cursor, page_of
@@ -10,8 +14,8 @@ from shared.repositories import runs, syncs
 
 
 def queue_run(
-    conn, sync: syncs.Sync, *, trigger: str, full_refresh: bool = False,
-    replay_keys: list[str] | None = None, scheduled_for=None,
+    conn: psycopg.Connection, sync: syncs.Sync, *, trigger: str, full_refresh: bool = False,
+    replay_keys: list[str] | None = None, scheduled_for: dt.datetime | None = None,
 ) -> tuple[runs.Run | None, bool]:
     """Inside the caller's transaction; the caller enqueues after commit (see `enqueue`)."""
     return runs.insert_queued(

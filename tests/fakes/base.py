@@ -81,7 +81,7 @@ class FakeServer:
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
+                """Quiet: a test reads what the fake stored, not its access log."""
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
