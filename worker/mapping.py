@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,13 +104,20 @@ def plan_for(raw: list[dict[str, Any]], columns: list[str], *, object_name: str,
 
 
 class RecordBuilder:
-    """Turns source rows (key text, *read_columns) into destination field dicts."""
+    """Turns source rows (key text, *read_columns) into destination field dicts.
+
+    Everything that does not depend on the row is decided once: which steps cast, render or
+    copy. When every field is a plain column copy, a record is one `dict(zip(...))`."""
 
     def __init__(
         self, plan: Plan, destination: Destination,
-        fields: dict[str, DestinationField] | None,
+        fields: dict[str, DestinationField] | None, *, offset: int = 1,
     ) -> None:
-        index = {column: i + 1 for i, column in enumerate(plan.read_columns)}
+        self._plan = plan
+        self._destination = destination
+        self._fields = fields
+        self._offset = offset
+        index = {column: i + offset for i, column in enumerate(plan.read_columns)}
         self._steps: list[tuple[str, str, Any, DestinationField | None]] = []
         for mapping in plan.mappings:
             field = (fields or {}).get(mapping.destination)
@@ -123,10 +131,29 @@ class RecordBuilder:
         self._columns = plan.read_columns
         self._needs_row_dict = any(kind == "template" for kind, *_ in self._steps)
         self._format = destination.format_value
+        plain = all(kind == "column" and field is None for kind, _, _, field in self._steps)
+        names = [name for _, name, _, _ in self._steps]
+        if plain and len(set(names)) == len(names) and len(names) > 1:
+            self._names: list[str] | None = names
+            self._pick = operator.itemgetter(*(how for _, _, how, _ in self._steps))
+            self.build = self._build_plain  # type: ignore[method-assign]
+        else:
+            self._names = None
+
+    def for_offset(self, offset: int) -> RecordBuilder:
+        """The same builder for rows whose first column is at `offset` (what precedes it: the
+        key, and a content hash in a one-pass read)."""
+        return RecordBuilder(self._plan, self._destination, self._fields, offset=offset)
+
+    def _build_plain(self, row: tuple) -> dict[str, Any]:
+        return dict(zip(self._names, self._pick(row), strict=True))  # type: ignore[arg-type]
 
     def build(self, row: tuple) -> dict[str, Any]:
         record: dict[str, Any] = {}
-        context = dict(zip(self._columns, row[1:], strict=True)) if self._needs_row_dict else None
+        context = (
+            dict(zip(self._columns, row[self._offset:], strict=True))
+            if self._needs_row_dict else None
+        )
         for kind, name, how, field in self._steps:
             if kind == "column":
                 value = row[how]

@@ -1,6 +1,10 @@
-"""Planning a run: read (key, hash) from the source into a staging table, diff it against the
-snapshot in Postgres, read the full rows of the records that go out, map them and pack them
-into batches that any worker of the fleet can write."""
+"""Planning a run: find the records that go out, map them and pack them into batches that any
+worker of the fleet can write.
+
+Two ways, one result. An incremental run reads (key, hash) from the source into a staging
+table, diffs it against the snapshot in Postgres and reads the full rows of only the records
+that go out. A run that sends every row (the sync's first, a full refresh) reads the source
+once: key, hash and row together, staged and packed as they stream."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 import pickle
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,9 +164,14 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
             raise RunFailed(str(exc)) from None
         fields = _discover_fields(destination, sync.object_name)
         builder = mapping.RecordBuilder(plan, destination, fields)
-        counts, dup_keys = _diff(context, source, plan, heartbeat)
-        packer = BatchPacker(context, destination, counts.outgoing)
-        _pack_changed_rows(context, source, plan, builder, packer, counts, dup_keys, heartbeat)
+        if _sends_every_row(context, source, destination):
+            packer: BatchPacker = _pack_in_one_pass(
+                context, source, plan, builder, destination, heartbeat
+            )
+        else:
+            counts, dup_keys = _diff(context, source, plan, heartbeat)
+            packer = BatchPacker(context, destination, counts.outgoing)
+            _pack_changed_rows(context, source, plan, builder, packer, counts, dup_keys, heartbeat)
         with transaction() as conn:
             removals = repo.removed_keys(conn, run_id)
             if sync.sync_mode == "delete":
@@ -175,6 +185,70 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
         raise RunFailed(exc.message, auth=isinstance(exc, AuthError)) from None
     finally:
         source.close()
+
+
+def _salted(source: Source) -> bool:
+    return bool(getattr(type(source), "hashes_take_salt", False))
+
+
+def _sends_every_row(context: RunContext, source: Source, destination: Destination) -> bool:
+    """Whether every row of the result goes out, so one read of the source is enough: a full
+    refresh, or the sync's first run (empty snapshot). Never for deletes or replays, whose
+    records are chosen by the diff, nor for a destination whose batch size depends on how many
+    records the run sends (a bulk API for large runs): one pass packs before it knows."""
+    sync, lease = context.sync, context.lease
+    # The batches carry the hashes the snapshot takes: they must be salted at the source.
+    if not (getattr(source, "streams_rows_with_hashes", False) and _salted(source)):
+        return False
+    operation = "upsert" if sync.sync_mode == "mirror" else sync.sync_mode
+    if destination.batch_size_for(operation, 1) != destination.batch_size_for(operation, 1 << 40):
+        return False
+    if sync.sync_mode == "delete" or lease.replay_keys is not None:
+        return False
+    if lease.full_refresh:
+        return True
+    with transaction() as conn:
+        return repo.snapshot_is_empty(conn, sync.id)
+
+
+def _pack_in_one_pass(
+    context: RunContext, source: Source, plan: mapping.Plan, builder: mapping.RecordBuilder,
+    destination: Destination, heartbeat: Heartbeat,
+) -> BatchPacker:
+    """Read key, hash and row in one query; map and pack every row as it streams, marking its
+    key seen in this session and storing the hashes with the batch. Mirror's removals are what
+    the snapshot holds and the whole result did not."""
+    sync = context.sync
+    with db.connect() as pg:
+        repo.create_seen(pg)
+        pg.commit()
+        packer = OnePassPacker(context, destination, pg)
+        chunks = source.stream_rows_with_hashes(
+            sync.source_query, plan.key_column, plan.read_columns, ROW_CHUNK, salt=plan.fingerprint
+        )
+        build = builder.for_offset(2).build  # rows are (key, hash, *columns)
+        add_row = packer.add_row
+        for chunk in chunks:
+            heartbeat.check()
+            for row in chunk:
+                key = row[0]
+                if key is None:
+                    packer.null_key()
+                    continue
+                try:
+                    fields = build(row)
+                except mapping.RecordMappingError as exc:
+                    add_row(key, row[1], None, str(exc))
+                    continue
+                add_row(key, row[1], fields, None)
+        packer.finish()
+        if sync.sync_mode == "mirror":
+            repo.relax(pg)
+            removed = repo.stage_removed(pg, context.run_id, sync.id)
+            repo.set_removed(pg, context.run_id, removed)
+            repo.fence_last(pg, context.run_id, context.token)
+            pg.commit()
+    return BatchPacker(context, destination, 0, batches=packer.batches)
 
 
 def _diff(
@@ -192,7 +266,7 @@ def _diff(
 
     with db.connect() as pg:
         repo.create_stage(pg)
-        salted = bool(getattr(type(source), "hashes_take_salt", False))
+        salted = _salted(source)
         if salted:
             chunks = source.stream_key_hashes(
                 sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK,
@@ -263,7 +337,7 @@ def _rows_for_keys(
 ) -> Iterator[list[tuple]]:
     """(key text, *read_columns) of the rows whose key is in `keys` (all when None): filtered
     in the source when it can, else from its plain stream (keys as Python text)."""
-    if hasattr(source, "stream_rows_for_keys"):
+    if source.filters_keys:
         yield from source.stream_rows_for_keys(
             query, plan.key_column, plan.read_columns, keys, ROW_CHUNK
         )
@@ -285,12 +359,14 @@ def _rows_for_keys(
 class BatchPacker:
     """Collects records into batches of the destination's size; stores and dispatches each."""
 
-    def __init__(self, context: RunContext, destination: Destination, total: int) -> None:
+    def __init__(
+        self, context: RunContext, destination: Destination, total: int, *, batches: int = 0
+    ) -> None:
         self.context = context
         self.operation = "upsert"
         operation = "upsert" if context.sync.sync_mode == "mirror" else context.sync.sync_mode
         self.size = max(1, destination.batch_size_for(operation, total))
-        self.batches = 0
+        self.batches = batches  # stored so far; the next one is batches + 1
         self._records: list[tuple[str, dict[str, Any]]] = []
         self._failures: list[repo.Failure] = []
 
@@ -308,18 +384,147 @@ class BatchPacker:
         if not self._records and not self._failures:
             return
         run_id, token = self.context.run_id, self.context.token
-        batch_no = None
-        with transaction() as conn:
-            repo.fence(conn, run_id, token)
-            if self._records:
-                batch_no = self.batches + 1
+        batch_no = self.batches + 1 if self._records else None
+        with _fenced_writes(self.context) as conn:
+            if batch_no is not None:
                 repo.insert_batch(
                     conn, run_id, batch_no, self.operation, [key for key, _ in self._records],
-                    pickle.dumps(self._records, protocol=pickle.HIGHEST_PROTOCOL),
+                    encode_payload(self._records),
                 )
             repo.add_failures(conn, run_id, self._failures)
-            repo.add_counts(conn, run_id, failed=len(self._failures))
+            repo.fence_last(conn, run_id, token, failed=len(self._failures))
         self._records, self._failures = [], []
         if batch_no is not None:
-            self.batches = batch_no
-            dispatch.enqueue_batch(run_id, batch_no, token)
+            self._dispatched(batch_no)
+
+    def _dispatched(self, batch_no: int) -> None:
+        self.batches = batch_no
+        dispatch.enqueue_batch(self.context.run_id, batch_no, self.context.token)
+
+
+class OnePassPacker(BatchPacker):
+    """Packs every row of a one-pass read, in the planner's own session (`pg`, holding the
+    seen keys): each batch is stored with its records' hashes, the first occurrence of a key
+    wins and later ones become DUPLICATE_KEY failures, rows with a null key are counted."""
+
+    def __init__(self, context: RunContext, destination: Destination, pg: psycopg.Connection) -> None:
+        super().__init__(context, destination, 0)
+        sync = context.sync
+        self.operation = "upsert" if sync.sync_mode == "mirror" else sync.sync_mode
+        self.pg = pg
+        self.read = 0
+        self.null_keys = 0
+        self.duplicates: dict[str, int] = {}
+        # (key, hash, fields or None, mapping error or None) of the rows not yet staged.
+        self._rows: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
+        self._ready = 0  # rows of _rows that have fields
+
+    def null_key(self) -> None:
+        self.read += 1
+        self.null_keys += 1
+
+    def add_row(
+        self, key: str, content_hash: str, fields: dict[str, Any] | None, error: str | None
+    ) -> None:
+        self.read += 1
+        self._rows.append((key, content_hash, fields, error))
+        if fields is not None:
+            self._ready += 1
+            if self._ready >= self.size:
+                self._stage()
+        elif len(self._rows) >= 4 * self.size:
+            self._stage()
+
+    def finish(self) -> None:
+        """Stage what is left and record the null-key rows; the counts are final after it."""
+        self._stage(final=True)
+
+    def _stage(self, *, final: bool = False) -> None:
+        rows, self._rows, self._ready = self._rows, [], 0
+        context, conn = self.context, self.pg
+        run_id, token = context.run_id, context.token
+        batch = [row for row in rows if row[2] is not None]
+        batch_no = self.batches + 1 if batch else None
+        added = changed = unchanged = failed = 0
+        try:
+            repo.relax(conn)
+            if rows:
+                staged = repo.stage_rows_and_batch(
+                    conn, run_id=run_id, sync_id=context.sync.id, operation=self.operation,
+                    keys=[row[0] for row in rows], hashes=[row[1] for row in rows],
+                    batch_no=batch_no, batch_keys=[row[0] for row in batch],
+                    batch_hashes=[row[1] for row in batch],
+                    payload=encode_payload([(row[0], row[2]) for row in batch]) if batch else None,
+                )
+                added, changed, unchanged = staged.added, staged.changed, staged.unchanged
+                if staged.staged_keys is not None:
+                    rows, dropped = self._first_occurrences(rows, staged.staged_keys)
+                    failed += sum(dropped.values())
+                    batch = [row for row in rows if row[2] is not None]
+                    batch_no = self.batches + 1 if batch else None
+                    if batch_no is not None and not staged.batch_stored:
+                        repo.insert_batch(
+                            conn, run_id, batch_no, self.operation, [row[0] for row in batch],
+                            encode_payload([(row[0], row[2]) for row in batch]),
+                            hashes=[row[1] for row in batch],
+                        )
+                    repo.add_rejects(
+                        conn, run_id, duplicates={k: self.duplicates[k] for k in dropped},
+                        null_keys=0,
+                    )
+                failures = [
+                    repo.Failure(key, key, "MAPPING", error)
+                    for key, _, fields, error in rows if fields is None and error is not None
+                ]
+                repo.add_failures(conn, run_id, failures)
+                failed += len(failures)
+            if final and self.null_keys:
+                repo.add_rejects(conn, run_id, duplicates={}, null_keys=self.null_keys)
+                failed += self.null_keys
+            repo.fence_last(
+                conn, run_id, token, read=self.read, added=added, changed=changed,
+                unchanged=unchanged, failed=failed,
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        if batch_no is not None:
+            self._dispatched(batch_no)
+
+    def _first_occurrences(
+        self, rows: list[tuple[str, str, dict[str, Any] | None, str | None]],
+        staged_keys: list[str],
+    ) -> tuple[list[tuple[str, str, dict[str, Any] | None, str | None]], dict[str, int]]:
+        """The rows whose key this batch staged first; the others are later occurrences of a
+        key (key -> how many were dropped here), added to the run's running tally."""
+        fresh = set(staged_keys)
+        kept, dropped = [], {}
+        for row in rows:
+            if row[0] in fresh:
+                fresh.discard(row[0])
+                kept.append(row)
+            else:
+                dropped[row[0]] = dropped.get(row[0], 0) + 1
+        for key, extra in dropped.items():
+            self.duplicates[key] = self.duplicates.get(key, 0) + extra
+        return kept, dropped
+
+
+def encode_payload(records: list[tuple[str, dict[str, Any]]]) -> bytes:
+    """A batch's records as stored for any writer of the fleet."""
+    return pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@contextmanager
+def _fenced_writes(context: RunContext) -> Iterator[psycopg.Connection]:
+    """A relaxed transaction whose writes the caller fences last (`repo.fence_last`). A batch
+    number already taken can only mean another planner holds the run now: lease lost."""
+    try:
+        with transaction() as conn:
+            repo.relax(conn)
+            yield conn
+    except psycopg.errors.UniqueViolation:
+        with transaction() as conn:
+            repo.fence(conn, context.run_id, context.token)
+        raise

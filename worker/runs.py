@@ -106,20 +106,21 @@ class ClaimLost(Exception):
     pass
 
 
+class _Stale(Exception):
+    """Another claim of the batch records its outcome: this transaction must not."""
+
+
 def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
     """Claim batch `batch_no` of the run and write it; the batch that completes the run's last
     finalizes it. Safe to call any number of times for the same batch."""
     claim_s = get_settings().lease_seconds
     with transaction() as conn:
-        try:
-            cancel = repo.fence(conn, run_id, token)
-        except LeaseLost:
+        fenced = repo.claim_batch_fenced(
+            conn, run_id, batch_no, token, dispatch.worker_id(), claim_s
+        )
+        if fenced is None:
             return BatchReport("stale")
-        claimed = repo.claim_batch(conn, run_id, batch_no, dispatch.worker_id(), claim_s)
-        if claimed is None:
-            return BatchReport("stale")
-        progress = repo.progress(conn, run_id)
-        stop = cancel or (progress is not None and progress.abort_error is not None)
+        claimed, stop, has_hashes = fenced.batch, fenced.stop, fenced.has_hashes
         if not stop:
             sync, destination_record = _run_targets(conn, run_id)
     if stop:
@@ -164,7 +165,7 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
         for record, result in zip(records, results, strict=True) if not result.ok
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,
-                   total=len(records), sync_id=sync.id)
+                   total=len(records), sync_id=sync.id, has_hashes=has_hashes)
 
 
 _targets: dict[str, tuple[syncs.Sync, connections.Connection]] = {}
@@ -202,27 +203,29 @@ def _key_field(sync: syncs.Sync) -> str:
 def _finish(
     run_id: str, token: int, claimed: repo.ClaimedBatch, failures: list[repo.Failure], *,
     status: str, abort: tuple[str, str] | None = None, total: int = 0,
-    sync_id: str | None = None,
+    sync_id: str | None = None, has_hashes: bool = False,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
-    with transaction() as conn:
-        try:
-            repo.fence(conn, run_id, token)
-        except LeaseLost:
-            return BatchReport("stale")
-        if not repo.finish_batch(conn, run_id, claimed.batch_no, claimed.attempts,
-                                 status=status, rows_ok=ok, rows_failed=len(failures)):
-            return BatchReport("stale")
-        repo.add_failures(conn, run_id, failures)
-        repo.add_counts(conn, run_id, written=ok, failed=len(failures))
-        if ok and sync_id is not None:
-            # The snapshot advances as batches land, so finalizing a large run costs nothing
-            # and a run taken over after a crash does not resend what was accepted.
-            repo.accept_batch(conn, run_id, claimed.batch_no, sync_id, claimed.operation,
-                              [f.record_key for f in failures])
-        if abort is not None:
-            repo.abort(conn, run_id, *abort)
-        progress = repo.count_batch_done(conn, run_id)
+    try:
+        with transaction() as conn:
+            repo.relax(conn)
+            if ok and sync_id is not None:
+                # The snapshot advances as batches land, so finalizing a large run costs
+                # nothing and a run taken over after a crash does not resend what was accepted.
+                # First: it is the longest statement, and it holds no lock of the run's rows.
+                repo.accept_batch(conn, run_id, claimed.batch_no, sync_id, claimed.operation,
+                                  [f.record_key for f in failures], has_hashes=has_hashes)
+            if not repo.finish_batch(conn, run_id, claimed.batch_no, claimed.attempts,
+                                     status=status, rows_ok=ok, rows_failed=len(failures)):
+                raise _Stale
+            repo.add_failures(conn, run_id, failures)
+            # Lock order: the run's row, then its progress row (as the planner and finalize).
+            repo.fence_last(conn, run_id, token, written=ok, failed=len(failures))
+            if abort is not None:
+                repo.abort(conn, run_id, *abort)
+            progress = repo.count_batch_done(conn, run_id)
+    except (_Stale, LeaseLost):
+        return BatchReport("stale")
     if progress.complete:
         finalize(run_id, token)
     report_status = "written" if status == "done" else "skipped"

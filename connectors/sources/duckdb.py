@@ -24,6 +24,7 @@ class DuckDbSource(Source):
     label: ClassVar[str] = "DuckDB"
     # stream_key_hashes takes `salt` (the mapping fingerprint); see the Postgres source.
     hashes_take_salt: ClassVar[bool] = True
+    streams_rows_with_hashes: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "path", default=":memory:",
@@ -160,3 +161,17 @@ class DuckDbSource(Source):
             )
             params = [keys]
         yield from self._run(query, statement, params, chunk_size=chunk_size)
+
+    def stream_rows_with_hashes(
+        self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 10_000,
+        *, salt: str = "",
+    ) -> Iterator[list[tuple]]:
+        """(key text, md5 of `columns` and `salt`, *columns) per row: one read for runs that send
+        every row, with the key and the hash as stream_key_hashes computes them."""
+        text = self._checked(query)
+        selected = ", ".join(
+            [self._key_expression(key_column, columns), self._hash_expression(columns, salt)]
+            + [f"q.{_quote(c)}" for c in columns]
+        )
+        statement = f"SELECT {selected} FROM (\n{text}\n) AS q"
+        yield from self._run(query, statement, chunk_size=chunk_size)

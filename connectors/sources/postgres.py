@@ -51,6 +51,7 @@ class PostgresSource(Source):
     # stream_key_hashes takes `salt` (the mapping fingerprint), so the engine compares the
     # source's hashes with the snapshot as they are.
     hashes_take_salt: ClassVar[bool] = True
+    streams_rows_with_hashes: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "url", required=True, secret=True,
@@ -155,6 +156,21 @@ class PostgresSource(Source):
             )
             params = (keys,)
         yield from self._run(query, statement, params, chunk_size=chunk_size)
+
+    def stream_rows_with_hashes(
+        self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 10_000,
+        *, salt: str = "",
+    ) -> Iterator[list[tuple]]:
+        """(key text, md5 of `columns` and `salt`, *columns) per row: one read for runs that send
+        every row, with the key and the hash as stream_key_hashes computes them."""
+        selected = [
+            self._key_expression(key_column, columns), self._hash_expression(columns, salt),
+            *(sql.Identifier("q", c) for c in columns),
+        ]
+        statement = sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(selected), self._wrapped(query)
+        )
+        yield from self._run(query, statement, chunk_size=chunk_size)
 
     @staticmethod
     def _hash_expression(columns: list[str], salt: str = "") -> sql.Composable:

@@ -107,6 +107,35 @@ def fence(conn: psycopg.Connection, run_id: str, token: int, *, durable: bool = 
     return bool(row[0])
 
 
+def relax(conn: psycopg.Connection) -> None:
+    """Commit this transaction without waiting for its WAL flush (see `fence`)."""
+    conn.execute("SET LOCAL synchronous_commit TO off")
+
+
+def fence_last(
+    conn: psycopg.Connection, run_id: str, token: int, *, read: int | None = None,
+    added: int = 0, changed: int = 0, unchanged: int = 0, written: int = 0, failed: int = 0,
+) -> bool:
+    """The fence as the transaction's last run-row statement, adding to the run's counters:
+    raise LeaseLost if the token is stale, else whether a cancel was requested.
+
+    The row lock is held from here to the commit only, so the planner and the writers of a
+    run do not queue behind each other's longer statements. It guards what the transaction
+    wrote before as well as `fence` does: a takeover bumps the token by updating this row, so
+    it either committed before (the token does not match and everything rolls back) or waits
+    for this commit."""
+    row = conn.execute(
+        "UPDATE runs SET rows_read = coalesce(%s, rows_read), rows_added = rows_added + %s,"
+        " rows_changed = rows_changed + %s, rows_unchanged = rows_unchanged + %s,"
+        " rows_written = rows_written + %s, rows_failed = rows_failed + %s, updated_at = now()"
+        " WHERE id = %s AND fencing_token = %s AND status = 'running' RETURNING cancel_requested",
+        (read, added, changed, unchanged, written, failed, run_id, token),
+    ).fetchone()
+    if row is None:
+        raise LeaseLost(run_id)
+    return bool(row[0])
+
+
 # -- planning ------------------------------------------------------------------------------------
 
 
@@ -264,6 +293,114 @@ def diff_into_ops(
     return counts
 
 
+def snapshot_is_empty(conn: psycopg.Connection, sync_id: str) -> bool:
+    """No record of the sync was ever accepted: every row of its result is new."""
+    row = conn.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM sync_snapshots WHERE sync_id = %s)", (sync_id,)
+    ).fetchone()
+    return bool(row[0])
+
+
+def create_seen(conn: psycopg.Connection) -> None:
+    """A session-private table of the keys a one-pass read has staged (first occurrences)."""
+    conn.execute("DROP TABLE IF EXISTS retl_seen")
+    conn.execute(
+        "CREATE TEMP TABLE retl_seen (record_key text PRIMARY KEY, content_hash text)"
+        " ON COMMIT PRESERVE ROWS"
+    )
+
+
+@dataclass
+class StagedRows:
+    added: int
+    changed: int
+    unchanged: int
+    batch_stored: bool
+    # Keys staged by this call, in order, when some of the keys given were staged already
+    # (duplicates); None when every key was new.
+    staged_keys: list[str] | None
+
+
+def stage_rows_and_batch(
+    conn: psycopg.Connection, *, run_id: str, sync_id: str, operation: str, keys: list[str],
+    hashes: list[str], batch_no: int | None, batch_keys: list[str], batch_hashes: list[str],
+    payload: bytes | None,
+) -> StagedRows:
+    """One pass over the source, for rows that all go out: mark their keys seen (`create_seen`,
+    same session), classify them against the snapshot and store their batch with its content
+    hashes (salted), in one statement.
+
+    The first occurrence of a key wins (ON CONFLICT DO NOTHING, in the order given); when a key
+    was seen before, the batch is not stored and the caller gets the keys that were staged,
+    to drop the later occurrences and store the batch itself."""
+    row = conn.execute(
+        "WITH fresh AS ("
+        " INSERT INTO retl_seen (record_key, content_hash)"
+        " SELECT u.k, u.h FROM unnest(%(keys)b::text[], %(hashes)b::text[])"
+        "  WITH ORDINALITY AS u(k, h, n)"
+        " ORDER BY u.n ON CONFLICT (record_key) DO NOTHING RETURNING record_key, content_hash),"
+        " stored AS ("
+        " INSERT INTO run_batches (run_id, batch_no, operation, record_keys, content_hashes,"
+        "  payload)"
+        " SELECT %(run)s, %(batch)s, %(op)s, %(bkeys)b, %(bhashes)b, %(payload)b"
+        " WHERE %(store)s AND (SELECT count(*) FROM fresh) = %(n)s RETURNING 1),"
+        " classified AS ("
+        " SELECT CASE WHEN p.record_key IS NULL THEN 'added'"
+        "  WHEN p.content_hash = f.content_hash THEN 'unchanged' ELSE 'changed' END AS change"
+        " FROM fresh f LEFT JOIN sync_snapshots p"
+        "  ON p.sync_id = %(sync)s AND p.record_key = f.record_key)"
+        " SELECT (SELECT count(*) FILTER (WHERE change = 'added') FROM classified),"
+        " (SELECT count(*) FILTER (WHERE change = 'changed') FROM classified),"
+        " (SELECT count(*) FILTER (WHERE change = 'unchanged') FROM classified),"
+        " (SELECT count(*) FROM stored) > 0,"
+        " (SELECT CASE WHEN count(*) < %(n)s THEN array_agg(record_key) END FROM fresh)",
+        {"run": run_id, "sync": sync_id, "op": operation, "keys": keys, "hashes": hashes,
+         "batch": batch_no, "bkeys": batch_keys or None, "bhashes": batch_hashes or None,
+         "payload": payload, "store": batch_no is not None, "n": len(keys)},
+    ).fetchone()
+    return StagedRows(row[0], row[1], row[2], row[3], row[4])
+
+
+def stage_removed(conn: psycopg.Connection, run_id: str, sync_id: str) -> int:
+    """Mirror after a one-pass read (same session as `create_seen`): what the snapshot holds
+    and the result no longer does is staged as a removal; the number staged."""
+    return conn.execute(
+        "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
+        " SELECT %s, p.record_key, 'delete', 'removed', NULL FROM sync_snapshots p"
+        " WHERE p.sync_id = %s AND NOT EXISTS"
+        "  (SELECT 1 FROM retl_seen s WHERE s.record_key = p.record_key)",
+        (run_id, sync_id),
+    ).rowcount
+
+
+def add_rejects(
+    conn: psycopg.Connection, run_id: str, *, duplicates: dict[str, int], null_keys: int
+) -> None:
+    """Failures for the later occurrences of duplicate keys (key -> extra rows) and for rows
+    with a null key (one failure, key ''), worded as `stage_rejects` words them."""
+    if duplicates:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
+                " VALUES (%s, %s, %s, 'DUPLICATE_KEY', %s, %s) ON CONFLICT (run_id, record_key)"
+                " DO UPDATE SET error_code = 'DUPLICATE_KEY', message = EXCLUDED.message,"
+                " rows = EXCLUDED.rows",
+                [
+                    (run_id, key, key, f"the key {key} appears {extra + 1} times in the result;"
+                     " the first row was used", extra)
+                    for key, extra in duplicates.items()
+                ],
+            )
+    if null_keys:
+        conn.execute(
+            "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
+            " VALUES (%s, '', NULL, 'NULL_KEY', %s, %s) ON CONFLICT (run_id, record_key)"
+            " DO UPDATE SET message = EXCLUDED.message, rows = EXCLUDED.rows",
+            (run_id, f"{null_keys} row(s) of the result have a null key and were not sent",
+             null_keys),
+        )
+
+
 def outgoing_keys(conn: psycopg.Connection, run_id: str) -> list[str]:
     """Keys of the records whose content must be read again to be sent (not the removals)."""
     rows = conn.execute(
@@ -289,6 +426,12 @@ def set_plan_counts(
         " rows_unchanged = %s, rows_removed = %s, rows_failed = rows_failed + %s,"
         " updated_at = now() WHERE id = %s",
         (read, counts.added, counts.changed, counts.unchanged, counts.removed, failed, run_id),
+    )
+
+
+def set_removed(conn: psycopg.Connection, run_id: str, removed: int) -> None:
+    conn.execute(
+        "UPDATE runs SET rows_removed = %s, updated_at = now() WHERE id = %s", (removed, run_id)
     )
 
 
@@ -331,13 +474,14 @@ def add_counts(conn: psycopg.Connection, run_id: str, *, written: int = 0, faile
 
 def insert_batch(
     conn: psycopg.Connection, run_id: str, batch_no: int, operation: str, keys: list[str],
-    payload: bytes,
+    payload: bytes, hashes: list[str] | None = None,
 ) -> None:
+    """Store a batch; `hashes` (aligned with `keys`) when its hashes are not in run_ops."""
     conn.execute(
         # %b: binary arrays skip the per-element quoting of the text format.
-        "INSERT INTO run_batches (run_id, batch_no, operation, record_keys, payload)"
-        " VALUES (%s, %s, %s, %b, %b)",
-        (run_id, batch_no, operation, keys, payload),
+        "INSERT INTO run_batches (run_id, batch_no, operation, record_keys, content_hashes,"
+        " payload) VALUES (%s, %s, %s, %b, %b, %b)",
+        (run_id, batch_no, operation, keys, hashes, payload),
     )
 
 
@@ -372,6 +516,37 @@ def claim_batch(
             (owner, claim_seconds, run_id, batch_no),
         )
         return cur.fetchone()
+
+
+@dataclass
+class FencedClaim:
+    batch: ClaimedBatch
+    stop: bool  # a cancel was requested, or an earlier batch aborted the run
+    has_hashes: bool  # the batch carries its records' content hashes (a one-pass batch)
+
+
+def claim_batch_fenced(
+    conn: psycopg.Connection, run_id: str, batch_no: int, token: int, owner: str,
+    claim_seconds: float,
+) -> FencedClaim | None:
+    """`claim_batch` for the holder of `token`, in one statement: None when the token is stale
+    or the batch is finished or held by another worker. The claim only marks who writes the
+    batch; its outcome is fenced again when recorded (`fence_last`)."""
+    row = conn.execute(
+        "UPDATE run_batches b SET status = 'running', attempts = b.attempts + 1,"
+        " claimed_by = %s, claimed_until = now() + make_interval(secs => %s)"
+        " FROM runs r, run_progress p"
+        " WHERE b.run_id = %s AND b.batch_no = %s AND (b.status = 'pending'"
+        "  OR (b.status = 'running' AND b.claimed_until < now()))"
+        " AND r.id = b.run_id AND r.fencing_token = %s AND r.status = 'running'"
+        " AND p.run_id = b.run_id"
+        " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts,"
+        " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL",
+        (owner, claim_seconds, run_id, batch_no, token),
+    ).fetchone()
+    if row is None:
+        return None
+    return FencedClaim(ClaimedBatch(*row[:5]), bool(row[5]), bool(row[6]))
 
 
 def renew_claim(
@@ -466,7 +641,7 @@ def abort(conn: psycopg.Connection, run_id: str, code: str, error: str) -> None:
 
 def accept_batch(
     conn: psycopg.Connection, run_id: str, batch_no: int, sync_id: str, operation: str,
-    refused: list[str],
+    refused: list[str], *, has_hashes: bool = False,
 ) -> None:
     """The destination accepted the batch's records except `refused`: the snapshot takes their
     hashes (or forgets the removed ones) and their open DLQ entries resolve — unless the run
@@ -480,15 +655,28 @@ def accept_batch(
         " AND NOT (k.record_key = ANY(%(refused)s::text[]))"
     )
     params = {"run": run_id, "batch": batch_no, "refused": refused, "sync": sync_id}
-    conn.execute(
-        "INSERT INTO sync_snapshots (sync_id, record_key, content_hash)"
-        f" SELECT %(sync)s, o.record_key, o.content_hash FROM ({accepted}) AS a"
-        " JOIN run_ops o ON o.run_id = %(run)s AND o.record_key = a.record_key"
-        " WHERE o.change <> 'removed'"
+    upsert = (
         " ON CONFLICT (sync_id, record_key) DO UPDATE SET content_hash = EXCLUDED.content_hash"
-        " WHERE sync_snapshots.content_hash <> EXCLUDED.content_hash",
-        params,
+        " WHERE sync_snapshots.content_hash <> EXCLUDED.content_hash"
     )
+    # A one-pass batch carries its hashes; otherwise they are the run's staged operations'.
+    if has_hashes:
+        conn.execute(
+            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash)"
+            " SELECT %(sync)s, k.record_key, k.content_hash FROM run_batches b CROSS JOIN LATERAL"
+            " unnest(b.record_keys, b.content_hashes) AS k(record_key, content_hash)"
+            " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
+            " AND NOT (k.record_key = ANY(%(refused)s::text[]))" + upsert,
+            params,
+        )
+    else:
+        conn.execute(
+            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash)"
+            f" SELECT %(sync)s, o.record_key, o.content_hash FROM ({accepted}) AS a"
+            " JOIN run_ops o ON o.run_id = %(run)s AND o.record_key = a.record_key"
+            " WHERE o.change <> 'removed'" + upsert,
+            params,
+        )
     if operation == "delete":
         conn.execute(
             f"DELETE FROM sync_snapshots s USING ({accepted}) AS a, run_ops o"
