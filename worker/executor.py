@@ -85,8 +85,7 @@ def write_with_retries(
             before_attempt()
         if limiter is None:
             return destination.write_batch(object_name, operation, key_field, batch)
-        with limiter.slot():
-            limiter.acquire_rate()
+        with limiter.permit():
             return destination.write_batch(object_name, operation, key_field, batch)
 
     retrying = retrying_passing_failures(policy, "batch write")

@@ -1,8 +1,10 @@
 """Fleet-wide limits per destination, held in Redis: a request rate (GCRA, the leaky-bucket
 form of a token bucket) and a concurrency cap (a lease set of in-flight writes).
 
-Both use WATCH/MULTI optimistic transactions and Redis's own clock, so every worker process on
-every machine shares one budget per destination and no process's clock skew matters."""
+Both use Redis's own clock, so every worker process on every machine shares one budget per
+destination and no process's clock skew matters. Each limit on its own is a WATCH/MULTI
+optimistic transaction; a write takes both at once with one Lua call (`permit`), so a batch
+pays one round trip to Redis before its request and one after."""
 
 from __future__ import annotations
 
@@ -17,6 +19,34 @@ import redis
 DEFAULT_SLOT_TTL_S = 120.0
 _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.25
+
+
+# Both limits in one atomic step: a free slot, then the rate. A slot is only taken together
+# with a granted rate, so a write waiting for the rate holds no slot.
+# KEYS: slots, rate. ARGV: token, max concurrency, slot ttl s, interval s, tolerance s.
+# Returns {1, "0"} when granted, {0, "-1"} when no slot is free, {0, wait} to wait for the rate.
+_PERMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return {0, '-1'}
+end
+local stored = redis.call('GET', KEYS[2])
+local tat = now
+if stored then tat = math.max(tonumber(stored), now) end
+local interval = tonumber(ARGV[4])
+if tat - now > tonumber(ARGV[5]) then
+  return {0, tostring(tat - now - tonumber(ARGV[5]))}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[2], string.format('%.6f', new_tat), 'PX',
+  math.max(1, math.floor((new_tat - now) * 1000) + 1000))
+local ttl = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.floor(ttl * 1000) + 1000)
+return {1, '0'}
+"""
 
 
 def _redis_now(pipe: redis.client.Pipeline) -> float:
@@ -41,6 +71,7 @@ class DestinationLimiter:
         self.burst = max(1.0, burst if burst is not None else rate_per_second)
         self.max_concurrency = max_concurrency
         self.slot_ttl_s = slot_ttl_s
+        self._permit = client.register_script(_PERMIT_LUA)
 
     # -- rate ------------------------------------------------------------------------------------
 
@@ -96,6 +127,42 @@ class DestinationLimiter:
                     return token
                 except redis.WatchError:
                     continue
+
+    def try_permit(self) -> tuple[str | None, float | None]:
+        """A slot and one request of the rate, atomically: (slot token, None) when granted,
+        (None, None) when every slot is taken, (None, seconds) to wait for the rate."""
+        token = uuid.uuid4().hex
+        tolerance = self.interval * (self.burst - 1)
+        granted, wait = self._permit(
+            keys=[self.slots_key, self.rate_key],
+            args=[token, self.max_concurrency, self.slot_ttl_s, repr(self.interval),
+                  repr(tolerance)],
+        )
+        if int(granted) == 1:
+            return token, None
+        seconds = float(wait)
+        return None, (None if seconds < 0 else seconds)
+
+    @contextmanager
+    def permit(self, deadline_s: float | None = None) -> Iterator[None]:
+        """Hold a concurrency slot, with one request of the rate taken, for the block."""
+        started = time.monotonic()
+        pause = _POLL_MIN_S
+        while True:
+            token, wait = self.try_permit()
+            if token is not None:
+                break
+            if wait is None:  # every slot is taken: back off, doubling
+                sleep, pause = pause, min(pause * 2, _POLL_MAX_S)
+            else:
+                sleep = min(max(wait, _POLL_MIN_S), 1.0)
+            if deadline_s is not None and time.monotonic() - started + sleep > deadline_s:
+                raise TimeoutError(f"no permit from {self.slots_key} and {self.rate_key} in time")
+            time.sleep(sleep)
+        try:
+            yield
+        finally:
+            self.release_slot(token)
 
     def release_slot(self, token: str) -> None:
         self.client.zrem(self.slots_key, token)

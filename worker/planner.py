@@ -223,8 +223,10 @@ def _pack_in_one_pass(
         repo.create_seen(pg)
         pg.commit()
         packer = OnePassPacker(context, destination, pg)
+        # Chunks of one batch: the first batch goes out as soon as its rows are read.
         chunks = source.stream_rows_with_hashes(
-            sync.source_query, plan.key_column, plan.read_columns, ROW_CHUNK, salt=plan.fingerprint
+            sync.source_query, plan.key_column, plan.read_columns,
+            max(1, min(ROW_CHUNK, packer.size)), salt=plan.fingerprint,
         )
         build = builder.for_offset(2).build  # rows are (key, hash, *columns)
         add_row = packer.add_row

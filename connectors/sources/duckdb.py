@@ -36,14 +36,25 @@ class DuckDbSource(Source):
     def __init__(self, config: dict[str, Any], *, statement_timeout_s: float = 1800) -> None:
         super().__init__(config, statement_timeout_s=statement_timeout_s)
         self.path = str(config.get("path") or ":memory:")
+        self._database: duckdb.DuckDBPyConnection | None = None
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own for one query. A database file is opened once per source
+        and each query gets a cursor on it (opening the file costs tens of milliseconds);
+        `:memory:` gets a fresh database each time, as nothing is shared there."""
         try:
             if self.path == ":memory:":
                 return duckdb.connect(":memory:")
-            return duckdb.connect(self.path, read_only=True)
+            if self._database is None:
+                self._database = duckdb.connect(self.path, read_only=True)
+            return self._database.cursor()
         except duckdb.Error as exc:
             raise ConnectorError(f"cannot open DuckDB database {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.close()
+            self._database = None
 
     @staticmethod
     def _checked(query: str) -> str:

@@ -85,3 +85,51 @@ def test_threads_never_exceed_the_cap(redis_url: str) -> None:
 def test_limits_must_be_positive(client: redis.Redis) -> None:
     with pytest.raises(ValueError):
         DestinationLimiter(client, "conn_g", rate_per_second=0, max_concurrency=1)
+
+
+def _fresh_id(name: str) -> str:
+    return f"{name}_{time.time_ns()}"
+
+
+def test_a_permit_takes_a_slot_and_the_rate_together(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    limiter = DestinationLimiter(client, _fresh_id("conn_g"), rate_per_second=3, max_concurrency=2)
+    first, _ = limiter.try_permit()
+    second, _ = limiter.try_permit()
+    assert first is not None and second is not None
+    assert limiter.try_permit() == (None, None)  # both slots taken
+    assert limiter.in_flight() == 2
+    limiter.release_slot(first)
+    third, _ = limiter.try_permit()
+    assert third is not None  # the burst of 3 requests is spent now
+    limiter.release_slot(second)
+    token, wait = limiter.try_permit()
+    assert token is None and wait is not None and 0 < wait <= 1 / 3 + 0.01
+    assert limiter.in_flight() == 1  # waiting for the rate holds no slot
+
+
+def test_permits_hold_the_cap_and_the_rate_across_threads(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    destination = _fresh_id("conn_h")
+    peak = current = granted = 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal peak, current, granted
+        limiter = DestinationLimiter(client, destination, rate_per_second=40, max_concurrency=2)
+        for _ in range(4):
+            with limiter.permit():
+                with lock:
+                    current += 1
+                    granted += 1
+                    peak = max(peak, current)
+                time.sleep(0.005)
+                with lock:
+                    current -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert granted == 20 and peak <= 2
