@@ -5,11 +5,16 @@ each task calls one service."""
 
 from __future__ import annotations
 
+import logging
+
 from celery.signals import worker_process_init
 
+from connectors.sources import duckdb as duckdb_source
 from scheduler.beat import beat_schedule
 from shared import db
 from shared.queue import celery_app
+
+log = logging.getLogger(__name__)
 
 app = celery_app()
 app.conf.include = ["worker.tasks", "scheduler.tasks"]
@@ -20,3 +25,10 @@ app.conf.beat_schedule = beat_schedule()
 def _fresh_pool_after_fork(**_: object) -> None:
     # A pool inherited from the parent process shares its sockets: every child opens its own.
     db.reset_pool()
+    # What the first task of a child would otherwise pay for before its first batch: the pool
+    # (its first connection opens in the background) and the DuckDB query parser.
+    try:
+        db.get_pool()
+        duckdb_source.warm_up()
+    except Exception as exc:  # only a head start: the first task opens what failed here
+        log.warning("warming up the worker process failed: %s", exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -222,28 +223,28 @@ def _pack_in_one_pass(
     with db.connect() as pg:
         repo.create_seen(pg)
         pg.commit()
-        packer = OnePassPacker(context, destination, pg)
-        # Chunks of one batch: the first batch goes out as soon as its rows are read.
-        chunks = source.stream_rows_with_hashes(
-            sync.source_query, plan.key_column, plan.read_columns,
-            max(1, min(ROW_CHUNK, packer.size)), salt=plan.fingerprint,
-        )
-        build = builder.for_offset(2).build  # rows are (key, hash, *columns)
-        add_row = packer.add_row
-        for chunk in chunks:
-            heartbeat.check()
-            for row in chunk:
-                key = row[0]
-                if key is None:
-                    packer.null_key()
-                    continue
-                try:
-                    fields = build(row)
-                except mapping.RecordMappingError as exc:
-                    add_row(key, row[1], None, str(exc))
-                    continue
-                add_row(key, row[1], fields, None)
-        packer.finish()
+        with OnePassPacker(context, destination, pg) as packer:
+            # Chunks of one batch: the first batch goes out as soon as its rows are read.
+            chunks = source.stream_rows_with_hashes(
+                sync.source_query, plan.key_column, plan.read_columns,
+                max(1, min(ROW_CHUNK, packer.size)), salt=plan.fingerprint,
+            )
+            build = builder.for_offset(2).build  # rows are (key, hash, *columns)
+            add_row = packer.add_row
+            for chunk in chunks:
+                heartbeat.check()
+                for row in chunk:
+                    key = row[0]
+                    if key is None:
+                        packer.null_key()
+                        continue
+                    try:
+                        fields = build(row)
+                    except mapping.RecordMappingError as exc:
+                        add_row(key, row[1], None, str(exc))
+                        continue
+                    add_row(key, row[1], fields, None)
+            packer.finish()
         if sync.sync_mode == "mirror":
             repo.relax(pg)
             removed = repo.stage_removed(pg, context.run_id, sync.id)
@@ -407,7 +408,11 @@ class BatchPacker:
 class OnePassPacker(BatchPacker):
     """Packs every row of a one-pass read, in the planner's own session (`pg`, holding the
     seen keys): each batch is stored with its records' hashes, the first occurrence of a key
-    wins and later ones become DUPLICATE_KEY failures, rows with a null key are counted."""
+    wins and later ones become DUPLICATE_KEY failures, rows with a null key are counted.
+
+    Storing runs in a thread of its own, in batch order, so the planner maps the next batch
+    while Postgres stores the last one. Use as a context manager: leaving it stops the
+    thread."""
 
     def __init__(self, context: RunContext, destination: Destination, pg: psycopg.Connection) -> None:
         super().__init__(context, destination, 0)
@@ -420,6 +425,26 @@ class OnePassPacker(BatchPacker):
         # (key, hash, fields or None, mapping error or None) of the rows not yet staged.
         self._rows: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
         self._ready = 0  # rows of _rows that have fields
+        # Two batches in hand at most: mapping runs ahead of storing by that much, no more.
+        self._jobs: queue.Queue[tuple[list, int, int, bool] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._store_loop, name=f"stager-{context.run_id}", daemon=True
+        )
+
+    def __enter__(self) -> OnePassPacker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        if exc_type is None:
+            self._stop()
+            return
+        # The planner is failing already: stop the thread, and let its own error stand.
+        try:
+            self._stop()
+        except BaseException as exc:
+            log.debug("run %s: storing stopped with %s", self.context.run_id, exc)
 
     def null_key(self) -> None:
         self.read += 1
@@ -433,16 +458,48 @@ class OnePassPacker(BatchPacker):
         if fields is not None:
             self._ready += 1
             if self._ready >= self.size:
-                self._stage()
+                self._submit(final=False)
         elif len(self._rows) >= 4 * self.size:
-            self._stage()
+            self._submit(final=False)
 
     def finish(self) -> None:
         """Stage what is left and record the null-key rows; the counts are final after it."""
-        self._stage(final=True)
+        self._submit(final=True)
+        self._stop()
 
-    def _stage(self, *, final: bool = False) -> None:
+    def _submit(self, *, final: bool) -> None:
+        self._raise_stored_error()
         rows, self._rows, self._ready = self._rows, [], 0
+        # The counts as of these rows: the thread records them with the batch.
+        self._jobs.put((rows, self.read, self.null_keys, final))
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        self._raise_stored_error()
+
+    def _raise_stored_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _store_loop(self) -> None:
+        # After a failure the jobs still queued are drained unstored: the planner raises the
+        # error at its next hand-over, and nothing after a failed batch may be recorded.
+        failed = False
+        while (job := self._jobs.get()) is not None:
+            if failed:
+                continue
+            try:
+                self._stage(*job)
+            except BaseException as exc:
+                self._error, failed = exc, True
+
+    def _stage(
+        self, rows: list[tuple[str, str, dict[str, Any] | None, str | None]], read: int,
+        null_keys: int, final: bool,
+    ) -> None:
         context, conn = self.context, self.pg
         run_id, token = context.run_id, context.token
         batch = [row for row in rows if row[2] is not None]
@@ -451,11 +508,13 @@ class OnePassPacker(BatchPacker):
         try:
             repo.relax(conn)
             if rows:
+                whole = len(batch) == len(rows)
                 staged = repo.stage_rows_and_batch(
                     conn, run_id=run_id, sync_id=context.sync.id, operation=self.operation,
                     keys=[row[0] for row in rows], hashes=[row[1] for row in rows],
-                    batch_no=batch_no, batch_keys=[row[0] for row in batch],
-                    batch_hashes=[row[1] for row in batch],
+                    batch_no=batch_no,
+                    batch_keys=None if whole else [row[0] for row in batch],
+                    batch_hashes=None if whole else [row[1] for row in batch],
                     payload=encode_payload([(row[0], row[2]) for row in batch]) if batch else None,
                 )
                 added, changed, unchanged = staged.added, staged.changed, staged.unchanged
@@ -480,11 +539,11 @@ class OnePassPacker(BatchPacker):
                 ]
                 repo.add_failures(conn, run_id, failures)
                 failed += len(failures)
-            if final and self.null_keys:
-                repo.add_rejects(conn, run_id, duplicates={}, null_keys=self.null_keys)
-                failed += self.null_keys
+            if final and null_keys:
+                repo.add_rejects(conn, run_id, duplicates={}, null_keys=null_keys)
+                failed += null_keys
             repo.fence_last(
-                conn, run_id, token, read=self.read, added=added, changed=changed,
+                conn, run_id, token, read=read, added=added, changed=changed,
                 unchanged=unchanged, failed=failed,
             )
             conn.commit()

@@ -323,8 +323,8 @@ class StagedRows:
 
 def stage_rows_and_batch(
     conn: psycopg.Connection, *, run_id: str, sync_id: str, operation: str, keys: list[str],
-    hashes: list[str], batch_no: int | None, batch_keys: list[str], batch_hashes: list[str],
-    payload: bytes | None,
+    hashes: list[str], batch_no: int | None, batch_keys: list[str] | None,
+    batch_hashes: list[str] | None, payload: bytes | None,
 ) -> StagedRows:
     """One pass over the source, for rows that all go out: mark their keys seen (`create_seen`,
     same session), classify them against the snapshot and store their batch with its content
@@ -332,7 +332,8 @@ def stage_rows_and_batch(
 
     The first occurrence of a key wins (ON CONFLICT DO NOTHING, in the order given); when a key
     was seen before, the batch is not stored and the caller gets the keys that were staged,
-    to drop the later occurrences and store the batch itself."""
+    to drop the later occurrences and store the batch itself. `batch_keys` and `batch_hashes`
+    None: the batch holds every row given (the usual case; the arrays are sent once)."""
     row = conn.execute(
         "WITH fresh AS ("
         " INSERT INTO retl_seen (record_key, content_hash)"
@@ -342,7 +343,8 @@ def stage_rows_and_batch(
         " stored AS ("
         " INSERT INTO run_batches (run_id, batch_no, operation, record_keys, content_hashes,"
         "  payload)"
-        " SELECT %(run)s, %(batch)s, %(op)s, %(bkeys)b, %(bhashes)b, %(payload)b"
+        " SELECT %(run)s, %(batch)s, %(op)s, coalesce(%(bkeys)b, %(keys)b),"
+        "  coalesce(%(bhashes)b, %(hashes)b), %(payload)b"
         " WHERE %(store)s AND (SELECT count(*) FROM fresh) = %(n)s RETURNING 1),"
         " classified AS ("
         " SELECT CASE WHEN p.record_key IS NULL THEN 'added'"
@@ -355,7 +357,7 @@ def stage_rows_and_batch(
         " (SELECT count(*) FROM stored) > 0,"
         " (SELECT CASE WHEN count(*) < %(n)s THEN array_agg(record_key) END FROM fresh)",
         {"run": run_id, "sync": sync_id, "op": operation, "keys": keys, "hashes": hashes,
-         "batch": batch_no, "bkeys": batch_keys or None, "bhashes": batch_hashes or None,
+         "batch": batch_no, "bkeys": batch_keys, "bhashes": batch_hashes,
          "payload": payload, "store": batch_no is not None, "n": len(keys)},
     ).fetchone()
     return StagedRows(row[0], row[1], row[2], row[3], row[4])

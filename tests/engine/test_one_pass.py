@@ -162,3 +162,51 @@ def test_a_planner_that_dies_mid_pass_is_replaced_and_nothing_is_lost(driver: En
     with transaction() as conn:
         assert repo.snapshot_is_empty(conn, setup.sync_id) is False
 
+
+
+def test_batches_are_stored_in_order_while_the_next_ones_are_mapped(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse.insert(95)
+    monkeypatch.setattr("worker.planner.ROW_CHUNK", 10)
+    setup = people_sync()
+    run_id = driver.trigger(setup)
+    assert driver.engine.execute_run(run_id) is None
+    assert [batch for _, batch, _ in driver.pending] == list(range(1, 11))
+    with transaction() as conn:
+        stored = conn.execute(
+            "SELECT batch_no, record_keys FROM run_batches WHERE run_id = %s ORDER BY batch_no",
+            (run_id,),
+        ).fetchall()
+    keys = [key for _, batch_keys in stored for key in batch_keys]
+    assert keys == [str(i) for i in range(1, 96)]
+    driver.drain()
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert (run.rows_read, run.rows_added, run.rows_written) == (95, 95, 95)
+
+
+def test_a_store_that_fails_stops_the_planner_and_records_nothing_after_it(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse.insert(60)
+    monkeypatch.setattr("worker.planner.ROW_CHUNK", 10)
+    original = repo.stage_rows_and_batch
+    calls: list[int | None] = []
+
+    def fails_on_the_third(conn, **kwargs):
+        calls.append(kwargs["batch_no"])
+        if len(calls) == 3:
+            raise RuntimeError("the store went away")
+        return original(conn, **kwargs)
+
+    monkeypatch.setattr(repo, "stage_rows_and_batch", fails_on_the_third)
+    setup = people_sync()
+    run_id = driver.trigger(setup)
+    assert driver.engine.execute_run(run_id) is None
+    run = get_run(run_id)
+    assert run.status == "failed"
+    assert "the store went away" in (run.error or "")
+    # Nothing after the failed batch was stored, and what was stored before it is in order.
+    assert calls == [1, 2, 3]
+    with transaction() as conn:
+        stored = [row[0] for row in conn.execute(
+            "SELECT batch_no FROM run_batches WHERE run_id = %s ORDER BY batch_no", (run_id,)
+        )]
+    assert stored == [1, 2]
