@@ -222,6 +222,9 @@ def _pack_in_one_pass(
     sync = context.sync
     with db.connect() as pg:
         repo.create_seen(pg)
+        if repo.snapshot_is_empty(pg, sync.id):
+            repo.mark_snapshot_empty(pg, context.run_id)
+            repo.fence_last(pg, context.run_id, context.token)
         pg.commit()
         with OnePassPacker(context, destination, pg) as packer:
             # Chunks of one batch: the first batch goes out as soon as its rows are read.

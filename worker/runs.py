@@ -121,6 +121,7 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
         if fenced is None:
             return BatchReport("stale")
         claimed, stop, has_hashes = fenced.batch, fenced.stop, fenced.has_hashes
+        new_keys = has_hashes and fenced.fresh_snapshot
         if not stop:
             sync, destination_record = _run_targets(conn, run_id)
     if stop:
@@ -165,7 +166,8 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
         for record, result in zip(records, results, strict=True) if not result.ok
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,
-                   total=len(records), sync_id=sync.id, has_hashes=has_hashes)
+                   total=len(records), sync_id=sync.id, has_hashes=has_hashes,
+                   new_keys=new_keys)
 
 
 _targets: dict[str, tuple[syncs.Sync, connections.Connection]] = {}
@@ -203,7 +205,7 @@ def _key_field(sync: syncs.Sync) -> str:
 def _finish(
     run_id: str, token: int, claimed: repo.ClaimedBatch, failures: list[repo.Failure], *,
     status: str, abort: tuple[str, str] | None = None, total: int = 0,
-    sync_id: str | None = None, has_hashes: bool = False,
+    sync_id: str | None = None, has_hashes: bool = False, new_keys: bool = False,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
     try:
@@ -214,7 +216,8 @@ def _finish(
                 # nothing and a run taken over after a crash does not resend what was accepted.
                 # First: it is the longest statement, and it holds no lock of the run's rows.
                 repo.accept_batch(conn, run_id, claimed.batch_no, sync_id, claimed.operation,
-                                  [f.record_key for f in failures], has_hashes=has_hashes)
+                                  [f.record_key for f in failures], has_hashes=has_hashes,
+                                  new_keys=new_keys)
             if not repo.finish_batch(conn, run_id, claimed.batch_no, claimed.attempts,
                                      status=status, rows_ok=ok, rows_failed=len(failures)):
                 raise _Stale
@@ -226,6 +229,13 @@ def _finish(
             progress = repo.count_batch_done(conn, run_id)
     except (_Stale, LeaseLost):
         return BatchReport("stale")
+    except psycopg.errors.UniqueViolation:
+        if not new_keys:
+            raise
+        # A key of the batch is in the snapshot after all (another claim of this batch got it
+        # accepted first): nothing was recorded, record it again the general way.
+        return _finish(run_id, token, claimed, failures, status=status, abort=abort,
+                       total=total, sync_id=sync_id, has_hashes=has_hashes)
     if progress.complete:
         finalize(run_id, token)
     report_status = "written" if status == "done" else "skipped"

@@ -146,7 +146,7 @@ def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
     conn.execute(
         "INSERT INTO run_progress (run_id) VALUES (%s) ON CONFLICT (run_id) DO UPDATE"
         " SET phase = 'planning', batches_total = NULL, batches_done = 0, abort_error = NULL,"
-        " abort_code = NULL, finished_at = NULL, updated_at = now()",
+        " abort_code = NULL, finished_at = NULL, snapshot_was_empty = false, updated_at = now()",
         (run_id,),
     )
 
@@ -299,6 +299,14 @@ def snapshot_is_empty(conn: psycopg.Connection, sync_id: str) -> bool:
         "SELECT NOT EXISTS (SELECT 1 FROM sync_snapshots WHERE sync_id = %s)", (sync_id,)
     ).fetchone()
     return bool(row[0])
+
+
+def mark_snapshot_empty(conn: psycopg.Connection, run_id: str) -> None:
+    """The sync's snapshot was empty when this run was planned: its one-pass batches hold
+    records the snapshot has never seen (see `accept_batch`)."""
+    conn.execute(
+        "UPDATE run_progress SET snapshot_was_empty = true WHERE run_id = %s", (run_id,)
+    )
 
 
 def create_seen(conn: psycopg.Connection) -> None:
@@ -525,6 +533,7 @@ class FencedClaim:
     batch: ClaimedBatch
     stop: bool  # a cancel was requested, or an earlier batch aborted the run
     has_hashes: bool  # the batch carries its records' content hashes (a one-pass batch)
+    fresh_snapshot: bool = False  # the snapshot was empty when the run was planned
 
 
 def claim_batch_fenced(
@@ -543,12 +552,13 @@ def claim_batch_fenced(
         " AND r.id = b.run_id AND r.fencing_token = %s AND r.status = 'running'"
         " AND p.run_id = b.run_id"
         " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts,"
-        " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL",
+        " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL,"
+        " p.snapshot_was_empty",
         (owner, claim_seconds, run_id, batch_no, token),
     ).fetchone()
     if row is None:
         return None
-    return FencedClaim(ClaimedBatch(*row[:5]), bool(row[5]), bool(row[6]))
+    return FencedClaim(ClaimedBatch(*row[:5]), bool(row[5]), bool(row[6]), bool(row[7]))
 
 
 def renew_claim(
@@ -643,11 +653,16 @@ def abort(conn: psycopg.Connection, run_id: str, code: str, error: str) -> None:
 
 def accept_batch(
     conn: psycopg.Connection, run_id: str, batch_no: int, sync_id: str, operation: str,
-    refused: list[str], *, has_hashes: bool = False,
+    refused: list[str], *, has_hashes: bool = False, new_keys: bool = False,
 ) -> None:
     """The destination accepted the batch's records except `refused`: the snapshot takes their
     hashes (or forgets the removed ones) and their open DLQ entries resolve — unless the run
-    also recorded a failure for the key (a duplicate key), which keeps the entry open."""
+    also recorded a failure for the key (a duplicate key), which keeps the entry open.
+
+    `new_keys` (a one-pass batch of a run planned against an empty snapshot): the snapshot
+    holds none of the keys, so they are inserted without the conflict check; if one is there
+    after all this raises UniqueViolation, and the caller records the batch again without
+    `new_keys`."""
     # Driven by the batch's keys (one primary-key probe each): the staging tables are never
     # analysed, and a plan that scanned the run's whole staging per batch would be quadratic.
     accepted = (
@@ -657,7 +672,7 @@ def accept_batch(
         " AND NOT (k.record_key = ANY(%(refused)s::text[]))"
     )
     params = {"run": run_id, "batch": batch_no, "refused": refused, "sync": sync_id}
-    upsert = (
+    upsert = "" if new_keys and has_hashes else (
         " ON CONFLICT (sync_id, record_key) DO UPDATE SET content_hash = EXCLUDED.content_hash"
         " WHERE sync_snapshots.content_hash <> EXCLUDED.content_hash"
     )

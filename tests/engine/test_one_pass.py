@@ -210,3 +210,45 @@ def test_a_store_that_fails_stops_the_planner_and_records_nothing_after_it(drive
             "SELECT batch_no FROM run_batches WHERE run_id = %s ORDER BY batch_no", (run_id,)
         )]
     assert stored == [1, 2]
+
+
+def test_a_first_run_inserts_into_the_snapshot_and_falls_back_when_a_key_is_there(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:
+    warehouse.insert(30)
+    setup = people_sync()
+    run_id = driver.trigger(setup)
+    assert driver.engine.execute_run(run_id) is None
+    with transaction() as conn:
+        (fresh,) = conn.execute(
+            "SELECT snapshot_was_empty FROM run_progress WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        # A key that reached the snapshot after planning (as another claim of its batch would
+        # have put it there): the plain insert conflicts and the batch is recorded as an upsert.
+        conn.execute(
+            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash) VALUES (%s, '7', 'old')",
+            (setup.sync_id,),
+        )
+    assert fresh is True
+    driver.drain()
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert (run.rows_written, run.rows_failed) == (30, 0)
+    with transaction() as conn:
+        snapshot = dict(conn.execute(
+            "SELECT record_key, content_hash FROM sync_snapshots WHERE sync_id = %s",
+            (setup.sync_id,),
+        ).fetchall())
+        (batch_hash,) = conn.execute(
+            "SELECT h FROM run_batches b, unnest(b.record_keys, b.content_hashes) AS u(k, h)"
+            " WHERE b.run_id = %s AND u.k = '7'", (run_id,),
+        ).fetchone()
+    assert sorted(snapshot, key=int) == [str(i) for i in range(1, 31)]
+    assert snapshot["7"] == batch_hash
+    # The second run plans against a snapshot that holds records: no plain inserts.
+    warehouse.execute("UPDATE warehouse.people SET name = 'Renamed' WHERE id = 3")
+    second = driver.run(setup)
+    assert second.status == "succeeded" and second.rows_written == 1
+    with transaction() as conn:
+        (fresh,) = conn.execute(
+            "SELECT snapshot_was_empty FROM run_progress WHERE run_id = %s", (second.id,)
+        ).fetchone()
+    assert fresh is False
