@@ -509,8 +509,9 @@ class OnePassPacker(BatchPacker):
         batch_no = self.batches + 1 if batch else None
         added = changed = unchanged = failed = 0
         try:
-            repo.relax(conn)
-            if rows:
+            if not rows:
+                repo.relax(conn)  # else the staging statement relaxes the transaction
+            else:
                 whole = len(batch) == len(rows)
                 staged = repo.stage_rows_and_batch(
                     conn, run_id=run_id, sync_id=context.sync.id, operation=self.operation,

@@ -341,7 +341,9 @@ def stage_rows_and_batch(
     The first occurrence of a key wins (ON CONFLICT DO NOTHING, in the order given); when a key
     was seen before, the batch is not stored and the caller gets the keys that were staged,
     to drop the later occurrences and store the batch itself. `batch_keys` and `batch_hashes`
-    None: the batch holds every row given (the usual case; the arrays are sent once)."""
+    None: the batch holds every row given (the usual case; the arrays are sent once).
+
+    It relaxes its transaction (`relax`) itself: one round trip fewer per batch."""
     row = conn.execute(
         "WITH fresh AS ("
         " INSERT INTO retl_seen (record_key, content_hash)"
@@ -363,7 +365,8 @@ def stage_rows_and_batch(
         " (SELECT count(*) FILTER (WHERE change = 'changed') FROM classified),"
         " (SELECT count(*) FILTER (WHERE change = 'unchanged') FROM classified),"
         " (SELECT count(*) FROM stored) > 0,"
-        " (SELECT CASE WHEN count(*) < %(n)s THEN array_agg(record_key) END FROM fresh)",
+        " (SELECT CASE WHEN count(*) < %(n)s THEN array_agg(record_key) END FROM fresh),"
+        " set_config('synchronous_commit', 'off', true)",
         {"run": run_id, "sync": sync_id, "op": operation, "keys": keys, "hashes": hashes,
          "batch": batch_no, "bkeys": batch_keys, "bhashes": batch_hashes,
          "payload": payload, "store": batch_no is not None, "n": len(keys)},
