@@ -9,6 +9,7 @@ import logging
 
 from celery.signals import worker_process_init
 
+from connectors import registry
 from connectors.sources import duckdb as duckdb_source
 from scheduler.beat import beat_schedule
 from shared import db
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 app = celery_app()
 app.conf.include = ["worker.tasks", "scheduler.tasks"]
 app.conf.beat_schedule = beat_schedule()
+
+# Every connector module, loaded once here rather than by each forked child at its first run or
+# batch (tens of milliseconds of imports on the critical path).
+registry.destinations()
+registry.sources()
 
 
 @worker_process_init.connect
