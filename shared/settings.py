@@ -22,6 +22,7 @@ class Settings:
     reaper_interval_s: float
     log_level: str
     queue: str
+    duckdb_directories: tuple[str, ...]
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -54,4 +55,7 @@ def get_settings() -> Settings:
         reaper_interval_s=_float("RETL_REAPER_INTERVAL_SECONDS", 30),
         log_level=os.environ.get("RETL_LOG_LEVEL", "INFO"),
         queue=os.environ.get("RETL_QUEUE", "retl"),
+        duckdb_directories=tuple(
+            d for d in os.environ.get("RETL_DUCKDB_DIRECTORIES", "").split(os.pathsep) if d
+        ),
     )

@@ -31,9 +31,15 @@ class Source(ABC):
     hashes_take_salt: ClassVar[bool] = False
     streams_rows_with_hashes: ClassVar[bool] = False
 
-    def __init__(self, config: dict[str, Any], *, statement_timeout_s: float = 1800) -> None:
+    def __init__(
+        self, config: dict[str, Any], *, statement_timeout_s: float = 1800,
+        allowed_directories: tuple[str, ...] = (),
+    ) -> None:
+        """`allowed_directories`: for sources that read local files, the only folders they may
+        read (the operator's setting, never the workspace's config); empty means none."""
         self.config = config
         self.statement_timeout_s = statement_timeout_s
+        self.allowed_directories = allowed_directories
 
     @abstractmethod
     def test(self) -> None:

@@ -3,6 +3,7 @@ the query. Only a single SELECT runs; a timer interrupts a query past the statem
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,14 +49,33 @@ class DuckDbSource(Source):
         ConfigField(
             "path", default=":memory:",
             description="A DuckDB database file (opened read-only), or :memory: to query"
-            " parquet/CSV files named in the query.",
+            " parquet/CSV files named in the query (inside RETL_DUCKDB_DIRECTORIES only).",
         ),
     )
 
-    def __init__(self, config: dict[str, Any], *, statement_timeout_s: float = 1800) -> None:
-        super().__init__(config, statement_timeout_s=statement_timeout_s)
+    def __init__(self, config: dict[str, Any], **options: Any) -> None:
+        super().__init__(config, **options)
         self.path = str(config.get("path") or ":memory:")
         self._database: duckdb.DuckDBPyConnection | None = None
+        self._directories = [os.path.join(os.path.realpath(d), "") for d in self.allowed_directories]
+        if self.path != ":memory:" and self._directories and not self._inside_allowed(self.path):
+            raise ConnectorError(
+                f"{self.path} is outside the folders DuckDB sources may read"
+                " (RETL_DUCKDB_DIRECTORIES)"
+            )
+
+    def _inside_allowed(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return any(real.startswith(folder) for folder in self._directories)
+
+    def _sandboxed(self, conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        """Queries may read files only inside the allowed folders (none by default), and cannot
+        lift that: a workspace's query must never read the worker's own files or environment."""
+        if self._directories:
+            conn.execute("SET allowed_directories = ?", [self._directories])
+        conn.execute("SET enable_external_access = false")
+        conn.execute("SET lock_configuration = true")
+        return conn
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own for one query. A database file is opened once per source
@@ -63,9 +83,9 @@ class DuckDbSource(Source):
         `:memory:` gets a fresh database each time, as nothing is shared there."""
         try:
             if self.path == ":memory:":
-                return duckdb.connect(":memory:")
+                return self._sandboxed(duckdb.connect(":memory:"))
             if self._database is None:
-                self._database = duckdb.connect(self.path, read_only=True)
+                self._database = self._sandboxed(duckdb.connect(self.path, read_only=True))
             return self._database.cursor()
         except duckdb.Error as exc:
             raise ConnectorError(f"cannot open DuckDB database {self.path}: {exc}") from None

@@ -59,8 +59,8 @@ class PostgresSource(Source):
         ),
     )
 
-    def __init__(self, config: dict[str, Any], *, statement_timeout_s: float = 1800) -> None:
-        super().__init__(config, statement_timeout_s=statement_timeout_s)
+    def __init__(self, config: dict[str, Any], **options: Any) -> None:
+        super().__init__(config, **options)
         self.url = str(config.get("url") or "")
         if not self.url.startswith(("postgres://", "postgresql://")):
             raise ConnectorError("config url must be a postgresql:// URL")
@@ -68,6 +68,9 @@ class PostgresSource(Source):
     def _connect(self) -> psycopg.Connection:
         try:
             conn = psycopg.connect(self.url, connect_timeout=10, application_name="retl-source")
+        except psycopg.ProgrammingError:
+            # libpq quotes the offending part of a malformed URL, which may be the password.
+            raise ConnectorError("config url is not a valid Postgres connection URL") from None
         except psycopg.OperationalError as exc:
             message = str(exc).strip()
             if "password authentication failed" in message or "role" in message:
@@ -113,7 +116,11 @@ class PostgresSource(Source):
         conn = self._connect()
         try:
             # LIMIT 0 makes the executor stop before reading a row.
-            cur = conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)))
+            # prepare=True sends one statement by the extended protocol: a query smuggling in
+            # "; COMMIT; DROP …" is refused instead of leaving the read-only transaction.
+            cur = conn.execute(
+                sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)), prepare=True
+            )
             return [column.name for column in cur.description or []]
         except psycopg.Error as exc:
             raise _failure(query, exc) from None

@@ -138,7 +138,11 @@ def open_connector(record: repo.Connection) -> Destination | Source:
     cls = _connector_class(record.kind, record.connector)
     config = decrypt_config(record.config_encrypted)
     if record.kind == "source":
-        return cls(config, statement_timeout_s=get_settings().source_statement_timeout_s)
+        settings = get_settings()
+        return cls(
+            config, statement_timeout_s=settings.source_statement_timeout_s,
+            allowed_directories=settings.duckdb_directories,
+        )
     return cls(config)
 
 

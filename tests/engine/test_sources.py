@@ -120,8 +120,33 @@ def test_duckdb_memory_reads_parquet_paths(tmp_path) -> None:
 
     path = tmp_path / "people.parquet"
     duckdb.sql(f"COPY (SELECT 1 AS id, 'a' AS name UNION ALL SELECT 2, 'b') TO '{path}' (FORMAT parquet)")
-    source = DuckDbSource({})
+    source = DuckDbSource({}, allowed_directories=(str(tmp_path),))
     assert sorted(_all(source.stream(f"SELECT * FROM '{path}'"))) == [(1, "a"), (2, "b")]
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT * FROM read_text('/proc/self/environ')",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('{allowed}/../secret.txt')",
+])
+def test_duckdb_queries_cannot_read_files_outside_the_allowed_folders(tmp_path, query) -> None:
+    allowed = tmp_path / "data"
+    allowed.mkdir()
+    (tmp_path / "secret.txt").write_text("RETL_SECRET_KEY=top")
+    source = DuckDbSource({}, allowed_directories=(str(allowed),))
+    with pytest.raises(ConnectorError, match="ermission"):
+        _all(source.stream(query.format(allowed=allowed)))
+
+
+def test_duckdb_queries_read_no_files_when_no_folder_is_allowed(tmp_path) -> None:
+    (tmp_path / "rows.csv").write_text("id\n1\n")
+    with pytest.raises(ConnectorError, match="ermission"):
+        _all(DuckDbSource({}).stream(f"SELECT * FROM read_csv('{tmp_path}/rows.csv')"))
+
+
+def test_duckdb_database_outside_the_allowed_folders_is_refused(tmp_path) -> None:
+    with pytest.raises(ConnectorError, match="outside"):
+        DuckDbSource({"path": "/var/lib/other.duckdb"}, allowed_directories=(str(tmp_path),))
 
 
 @pytest.mark.parametrize("statement", [
@@ -165,3 +190,26 @@ def test_postgres_source_reads_with_its_own_read_only_transaction(warehouse: War
     assert rows == [("on",)]
     with psycopg.connect(warehouse.url) as conn:
         assert conn.execute("SHOW transaction_read_only").fetchone()[0] == "off"
+
+
+@pytest.mark.parametrize("read", ["columns", "stream", "stream_key_hashes"])
+def test_postgres_query_cannot_smuggle_a_second_statement(warehouse: Warehouse, read: str) -> None:
+    warehouse.execute("CREATE TABLE warehouse.accounts (id int)")
+    smuggled = "SELECT 1 AS id) AS q LIMIT 0; COMMIT; DROP TABLE warehouse.accounts; SELECT * FROM (SELECT 1 AS id"
+    source = PostgresSource({"url": warehouse.url})
+    calls = {
+        "columns": lambda: source.columns(smuggled),
+        "stream": lambda: _all(source.stream(smuggled)),
+        "stream_key_hashes": lambda: _all(source.stream_key_hashes(smuggled, "id", ["id"])),
+    }
+    with pytest.raises(ConnectorError):
+        calls[read]()
+    with psycopg.connect(warehouse.url) as conn:
+        assert conn.execute("SELECT to_regclass('warehouse.accounts')").fetchone()[0] is not None
+
+
+def test_a_malformed_postgres_url_never_echoes_the_password() -> None:
+    source = PostgresSource({"url": "postgresql://u:pass word@127.0.0.1:5432/db?bogus option=1"})
+    with pytest.raises(ConnectorError) as failure:
+        source.test()
+    assert "pass word" not in str(failure.value)
