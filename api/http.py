@@ -82,7 +82,7 @@ def _json_body() -> Any:
         raise BadRequest("the body is not valid JSON", pointer="") from None
 
 
-def body(schema: type[Schema], *, partial: bool = False) -> dict[str, Any]:
+def body(schema: type[Schema], *, partial: bool | tuple[str, ...] = False) -> dict[str, Any]:
     """The JSON body, validated; 400 when it is not a JSON object, 422 when a field is wrong."""
     payload = _json_body()
     if not isinstance(payload, dict):

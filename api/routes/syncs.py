@@ -44,7 +44,9 @@ def get_sync(sync_id: str):
 
 @bp.put("/syncs/<sync_id>")
 def update_sync(sync_id: str):
-    sync = syncs.update(workspace_id(), sync_id, body(schemas.SyncBodySchema, partial=True))
+    # Partial at the top level only: a mapping that is sent must still be whole.
+    top_level = tuple(schemas.SyncBodySchema().fields)
+    sync = syncs.update(workspace_id(), sync_id, body(schemas.SyncBodySchema, partial=top_level))
     return one(SYNC, sync.id, _attributes, sync)
 
 

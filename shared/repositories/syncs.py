@@ -121,3 +121,8 @@ def due(conn: psycopg.Connection, now: dt.datetime, limit: int = 500) -> list[Sy
 def set_next_run_at(conn: psycopg.Connection, id: str, next_run_at: dt.datetime | None) -> None:
     """Move a sync's next run time without touching `updated_at`: the scheduler is not an edit."""
     conn.execute("UPDATE syncs SET next_run_at = %s WHERE id = %s", (next_run_at, id))
+
+
+def forget_snapshot(conn: psycopg.Connection, sync_id: str) -> None:
+    """Forget what the sync's destination holds, so the next run sends every record."""
+    conn.execute("DELETE FROM sync_snapshots WHERE sync_id = %s", (sync_id,))

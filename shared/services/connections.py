@@ -20,6 +20,8 @@ from shared.secrets import decrypt_config, encrypt_config
 from shared.settings import get_settings
 
 KINDS = {"source": ids.SOURCE, "destination": ids.DESTINATION}
+# Options every destination takes to lower its fleet-wide limits, with the values allowed.
+FLEET_LIMITS = {"rateLimitPerSecond": (0.01, 100_000), "maxConcurrency": (1, 1_000)}
 
 
 @dataclass
@@ -45,11 +47,17 @@ def _connector_class(kind: str, connector: str) -> type[Destination] | type[Sour
 def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     declared = {f.name: f for f in cls.config_fields}
     for name in config:
-        if declared and name not in declared and name not in ("rateLimitPerSecond", "maxConcurrency"):
+        if declared and name not in declared and name not in FLEET_LIMITS:
             raise Invalid(f"unknown option {name!r} for {cls.type}", pointer=f"/config/{name}")
     for field in cls.config_fields:
         if field.required and config.get(field.name) in (None, ""):
             raise Invalid(f"{field.name} is required for {cls.type}", pointer=f"/config/{field.name}")
+    for name, (low, high) in FLEET_LIMITS.items():
+        value = config.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise Invalid(f"{name} must be a number from {low:g} to {high:g}", pointer=f"/config/{name}")
     # The connector's own checks (URL schemes, enums, numbers), made without calling anyone.
     try:
         cls(config).close()

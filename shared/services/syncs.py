@@ -121,6 +121,9 @@ def update(workspace_id: str, sync_id: str, body: dict[str, Any]) -> syncs.Sync:
         _check(conn, workspace_id, merged)
         if "schedule" in changes:
             changes["schedule"] = merged["schedule"]
+        if merged["destination_id"] != sync.destination_id:
+            # The new destination holds none of what the old one was sent.
+            syncs.forget_snapshot(conn, sync_id)
         # Only a real change of schedule or state moves the next run: re-sending the same
         # values must not delay a due (or overdue) sync.
         if (merged["schedule"], merged["enabled"]) != (sync.schedule, sync.enabled):

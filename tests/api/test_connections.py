@@ -329,3 +329,21 @@ def test_connection_bodies_are_validated(client, api_key, plural):
     assert_error(post({"name": "x", "connector": "http", "config": "url=x"}), 422, "/config")
     assert_error(post({"name": "", "connector": "http", "config": {}}), 422, "/name")
     assert_error(post({"name": "x", "connector": "http", "config": {}, "extra": 1}), 422, "/extra")
+
+
+@pytest.mark.parametrize("option, value", [
+    ("rateLimitPerSecond", -5), ("rateLimitPerSecond", "abc"), ("rateLimitPerSecond", [1]),
+    ("rateLimitPerSecond", 1e-7), ("maxConcurrency", 0), ("maxConcurrency", True),
+])
+def test_fleet_limits_must_be_sensible_numbers(client, api_key, sink, option, value):
+    body = {"name": "r", "connector": "http", "config": {"url": sink.url, option: value}}
+    response = client.post(f"{API}/destinations", json=body, headers=bearer(api_key))
+    assert_error(response, 422, f"/config/{option}")
+
+
+def test_fleet_limits_within_range_are_kept(client, api_key, sink):
+    config = {"url": sink.url, "rateLimitPerSecond": 2.5, "maxConcurrency": 3}
+    body = {"name": "r", "connector": "http", "config": config}
+    response = client.post(f"{API}/destinations", json=body, headers=bearer(api_key))
+    assert response.status_code == 201
+    assert response.get_json()["data"]["attributes"]["config"]["maxConcurrency"] == 3

@@ -446,3 +446,11 @@ def test_a_mode_the_destination_does_not_support_answers_422_at_sync_mode(client
 
     error = assert_error(client.post(f"{API}/syncs", json=body, headers=bearer(api_key)), 422, "/syncMode")
     assert "iterable" in error["detail"]
+
+
+def test_update_refuses_a_mapping_without_destination(client, api_key, sync):
+    mappings = [{"source": "id", "key": True}]
+    response = client.put(f"{API}/syncs/{sync['id']}", json={"fieldMappings": mappings}, headers=bearer(api_key))
+    assert_error(response, 422, "/fieldMappings/0/destination")
+    stored = client.get(f"{API}/syncs/{sync['id']}", headers=bearer(api_key)).get_json()["data"]
+    assert stored["attributes"]["field_mappings"] == sync["attributes"]["field_mappings"]
