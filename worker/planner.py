@@ -13,7 +13,7 @@ import pickle
 import queue
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,25 +228,28 @@ def _pack_in_one_pass(
         pg.commit()
         with OnePassPacker(context, destination, pg) as packer:
             # Chunks of one batch: the first batch goes out as soon as its rows are read.
-            chunks = source.stream_rows_with_hashes(
+            # Closed on the way out, error or not: the stream holds the source's transaction,
+            # which a traceback kept alive (a logged failure) would otherwise keep open.
+            chunks = closing(source.stream_rows_with_hashes(
                 sync.source_query, plan.key_column, plan.read_columns,
                 max(1, min(ROW_CHUNK, packer.size)), salt=plan.fingerprint,
-            )
+            ))
             build = builder.for_offset(2).build  # rows are (key, hash, *columns)
             add_row = packer.add_row
-            for chunk in chunks:
-                heartbeat.check()
-                for row in chunk:
-                    key = row[0]
-                    if key is None:
-                        packer.null_key()
-                        continue
-                    try:
-                        fields = build(row)
-                    except mapping.RecordMappingError as exc:
-                        add_row(key, row[1], None, str(exc))
-                        continue
-                    add_row(key, row[1], fields, None)
+            with chunks as stream:
+                for chunk in stream:
+                    heartbeat.check()
+                    for row in chunk:
+                        key = row[0]
+                        if key is None:
+                            packer.null_key()
+                            continue
+                        try:
+                            fields = build(row)
+                        except mapping.RecordMappingError as exc:
+                            add_row(key, row[1], None, str(exc))
+                            continue
+                        add_row(key, row[1], fields, None)
             packer.finish()
         if sync.sync_mode == "mirror":
             repo.relax(pg)
@@ -425,6 +428,7 @@ class OnePassPacker(BatchPacker):
         self.read = 0
         self.null_keys = 0
         self.duplicates: dict[str, int] = {}
+        self._keys_repeat = False  # a key of the result came twice: stage with the check
         # (key, hash, fields or None, mapping error or None) of the rows not yet staged.
         self._rows: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
         self._ready = 0  # rows of _rows that have fields
@@ -513,7 +517,7 @@ class OnePassPacker(BatchPacker):
                 repo.relax(conn)  # else the staging statement relaxes the transaction
             else:
                 whole = len(batch) == len(rows)
-                staged = repo.stage_rows_and_batch(
+                staged = self._stage_rows(
                     conn, run_id=run_id, sync_id=context.sync.id, operation=self.operation,
                     keys=[row[0] for row in rows], hashes=[row[1] for row in rows],
                     batch_no=batch_no,
@@ -556,6 +560,17 @@ class OnePassPacker(BatchPacker):
             raise
         if batch_no is not None:
             self._dispatched(batch_no)
+
+    def _stage_rows(self, conn: psycopg.Connection, **rows: Any) -> repo.StagedRows:
+        """`repo.stage_rows_and_batch` as the statement's first: without the conflict check
+        until a key turns out to be seen already (the rest of the run then checks)."""
+        if not self._keys_repeat:
+            try:
+                return repo.stage_rows_and_batch(conn, keys_unseen=True, **rows)
+            except psycopg.errors.UniqueViolation:
+                conn.rollback()  # nothing else is in this transaction yet
+                self._keys_repeat = True
+        return repo.stage_rows_and_batch(conn, **rows)
 
     def _first_occurrences(
         self, rows: list[tuple[str, str, dict[str, Any] | None, str | None]],
