@@ -10,16 +10,11 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateError
-from jinja2.sandbox import SandboxedEnvironment
-
 from connectors.casting import CastError, cast_value
 from connectors.destinations.base import Destination, DestinationField
+from shared.templates import compile_template
 
 log = logging.getLogger(__name__)
-
-_JINJA = SandboxedEnvironment(autoescape=False)
-
 
 class MappingError(Exception):
     """The sync's mappings do not fit the query: the run fails before anything is written."""
@@ -124,7 +119,7 @@ class RecordBuilder:
             if mapping.source is not None:
                 self._steps.append(("column", mapping.destination, index[mapping.source], field))
             elif mapping.template is not None:
-                compiled = _JINJA.from_string(mapping.template)
+                compiled = compile_template(mapping.template)
                 self._steps.append(("template", mapping.destination, compiled, field))
             else:
                 self._steps.append(("static", mapping.destination, mapping.static, field))
@@ -160,7 +155,7 @@ class RecordBuilder:
             elif kind == "template":
                 try:
                     value = how.render(context)
-                except TemplateError as exc:
+                except Exception as exc:  # a template's failure is its row's, never the run's
                     raise RecordMappingError(f"template for {name!r} failed: {exc}") from None
             else:
                 value = how

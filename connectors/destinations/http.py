@@ -24,6 +24,7 @@ Wire contract, so that any receiver can be written against it:
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 import json
 from typing import Any, ClassVar
@@ -72,9 +73,24 @@ _TYPE_ALIASES = {
     "array": "json",
 }
 
-# One encoder for every batch: the C encoder does the work; `default=str` keeps a stray
-# Decimal or UUID from failing a whole batch.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+def _json_value(value: Any) -> Any:
+    """What JSON cannot hold as it is, in its usual JSON form: ISO 8601 for dates and times,
+    numbers for decimals, text for anything else (a UUID), so a stray type never fails a batch."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+            return value.replace(tzinfo=None).isoformat() + "Z"
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() and value.is_finite() else float(value)
+    return str(value)
+
+
+# One encoder for every batch: the C encoder does the work, calling _json_value only for the
+# rare value JSON has no type for.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_value)
 
 
 def _dig(document: Any, dotted_path: str) -> Any:

@@ -61,6 +61,7 @@ class PostgresSource(Source):
 
     def __init__(self, config: dict[str, Any], **options: Any) -> None:
         super().__init__(config, **options)
+        self._streaming: set[psycopg.Connection] = set()
         self.url = str(config.get("url") or "")
         if not self.url.startswith(("postgres://", "postgresql://")):
             raise ConnectorError("config url must be a postgresql:// URL")
@@ -88,6 +89,7 @@ class PostgresSource(Source):
              chunk_size: int = 10_000) -> Iterator[list[tuple]]:
         """Stream `statement` (which wraps the user's `query`) in chunks from a named cursor."""
         conn = self._connect()
+        self._streaming.add(conn)
         try:
             with conn.cursor(name="retl_source") as cur:
                 cur.itersize = chunk_size
@@ -98,7 +100,16 @@ class PostgresSource(Source):
                 except psycopg.Error as exc:
                     raise _failure(query, exc) from None
         finally:
-            conn.rollback()
+            self._streaming.discard(conn)
+            if not conn.closed:
+                conn.rollback()
+                conn.close()
+
+    def close(self) -> None:
+        """End every stream still open: a reader that stopped early (an error, a cancelled run)
+        must not leave a transaction holding locks in the warehouse."""
+        for conn in list(self._streaming):
+            self._streaming.discard(conn)
             conn.close()
 
     @staticmethod

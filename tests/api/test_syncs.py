@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 
 from tests.api.conftest import (
@@ -454,3 +455,15 @@ def test_update_refuses_a_mapping_without_destination(client, api_key, sync):
     assert_error(response, 422, "/fieldMappings/0/destination")
     stored = client.get(f"{API}/syncs/{sync['id']}", headers=bearer(api_key)).get_json()["data"]
     assert stored["attributes"]["field_mappings"] == sync["attributes"]["field_mappings"]
+
+
+@pytest.mark.parametrize("template", ["{{ name ", "{{ name | no_such_filter }}"])
+def test_a_template_that_does_not_compile_answers_422(client, api_key, destination, source, template):
+    body = {
+        "name": "t", "sourceQuery": "SELECT 1 AS id", "destinationId": destination["id"],
+        "objectName": "records", "syncMode": "upsert",
+        "fieldMappings": [{"source": "id", "destination": "id", "key": True},
+                          {"template": template, "destination": "label"}],
+    }
+    response = client.post(f"{API}/syncs", json=body, headers=bearer(api_key))
+    assert_error(response, 422, "/fieldMappings/1/template")

@@ -351,3 +351,17 @@ def test_a_result_may_carry_a_known_code_and_retryable(sink):
         RecordResult.failure("RATE_LIMIT", "locked", retryable=True),
         RecordResult.failure("DESTINATION_VALIDATION", "odd"),
     ]
+
+
+def test_values_without_a_json_type_go_out_in_their_usual_json_form(sink):
+    import datetime as dt
+    import decimal
+
+    destination = make(sink.url)
+    moment = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    fields = {"id": 1, "at": moment, "day": dt.date(2025, 1, 2), "score": decimal.Decimal("1.50"),
+              "count": decimal.Decimal("3")}
+    destination.write_batch("records", "upsert", "id", [Record("1", fields)])
+    assert sink.received[-1].records == [
+        {"id": 1, "at": "2025-01-02T01:04:05Z", "day": "2025-01-02", "score": 1.5, "count": 3}
+    ]

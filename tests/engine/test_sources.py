@@ -213,3 +213,18 @@ def test_a_malformed_postgres_url_never_echoes_the_password() -> None:
     with pytest.raises(ConnectorError) as failure:
         source.test()
     assert "pass word" not in str(failure.value)
+
+
+def test_closing_a_postgres_source_ends_a_stream_stopped_early(warehouse: Warehouse) -> None:
+    warehouse.insert(50)
+    source = PostgresSource({"url": warehouse.url})
+    stream = source.stream("SELECT * FROM warehouse.people", chunk_size=10)
+    next(stream)  # a reader that stops here, as a run that failed mid-read does
+    source.close()
+    with psycopg.connect(warehouse.url) as conn:
+        open_reads = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'retl-source'"
+            " AND datname = current_database()"
+        ).fetchone()[0]
+    assert open_reads == 0
+    warehouse.execute("DROP TABLE warehouse.people")  # no lock is left behind
