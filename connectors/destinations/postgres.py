@@ -143,8 +143,8 @@ class PostgresDestination(Destination):
                 conn = psycopg.connect(self.url, connect_timeout=10, autocommit=False)
             except psycopg.OperationalError as exc:
                 raise self._connect_error(exc) from None
-            except psycopg.ProgrammingError as exc:  # a malformed URL
-                raise ConnectorError(f"invalid Postgres url: {exc}") from None
+            except psycopg.ProgrammingError:  # a malformed URL; libpq's words may quote the password
+                raise ConnectorError("invalid Postgres url: not a valid connection URL") from None
             # Datetimes arrive in UTC; a timestamp column must store that wall time too.
             conn.execute("SET TIME ZONE 'UTC'")
             timeout_ms = int(self.timeout_seconds * 1000)
@@ -288,6 +288,8 @@ class PostgresDestination(Destination):
     def _write_batch(
         self, object_name: str, operation: Operation, key_field: str, records: list[Record]
     ) -> list[RecordResult]:
+        if operation == "insert" and not key_field:
+            return self._insert_without_key(object_name, records)
         columns = self._columns_for(object_name)
         mapped = {name for record in records for name in record.fields} | {key_field}
         key = columns.get(key_field)
@@ -318,6 +320,20 @@ class PostgresDestination(Destination):
         else:
             params = rows
         return self._execute_rows(statement, params, operation, returns_row)
+
+    def _insert_without_key(self, object_name: str, records: list[Record]) -> list[RecordResult]:
+        """An insert-only sync without a key mapping: every record is a new row."""
+        columns = self._columns_for(object_name)
+        if not {name for record in records for name in record.fields} <= columns.keys():
+            columns = self._load_columns(object_name)
+        names = self._column_names(records, columns, object_name)
+        table = sql.Identifier(self.schema, object_name)
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING 1").format(
+            table, sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL(", ").join(sql.Placeholder() * len(names)),
+        )
+        rows = [self._row(record, names, "", columns) for record in records]
+        return self._execute_rows(statement, rows, "insert", True)
 
     def _column_names(
         self, records: list[Record], columns: dict[str, Column], table: str

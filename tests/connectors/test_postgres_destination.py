@@ -362,3 +362,18 @@ def test_format_value_keeps_native_types(destination: PostgresDestination) -> No
     day = dt.date(2025, 1, 2)
     assert destination.format_value(day, DestinationField("d", "d", "date")) is day
     assert destination.format_value(True, DestinationField("b", "b", "boolean")) is True
+
+
+def test_insert_without_a_key_field_adds_every_record(
+    destination: PostgresDestination, admin: psycopg.Connection[Any], schema: str
+) -> None:
+    records = [Record("h1", {"a": "x", "note": "first"}), Record("h2", {"a": "x", "note": "again"})]
+    assert destination.write_batch("pairs", "insert", "", records) == [RecordResult.success()] * 2
+    assert rows(admin, schema, "SELECT a, note FROM pairs ORDER BY note") == [("x", "again"), ("x", "first")]
+
+
+def test_a_malformed_url_never_echoes_the_password() -> None:
+    connector = PostgresDestination({"url": "postgresql://u:pass word@127.0.0.1:5432/db"})
+    with pytest.raises(ConnectorError) as failure:
+        connector.test()
+    assert "pass word" not in str(failure.value)
