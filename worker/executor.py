@@ -21,7 +21,7 @@ from tenacity import (
 )
 
 from connectors.destinations.base import Destination, Operation, Record, RecordResult
-from connectors.errors import RetryableError
+from connectors.errors import ConnectorError, RetryableError
 from worker.limits import DestinationLimiter
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ def retrying_passing_failures(policy: RetryPolicy, what: str) -> Retrying:
 @dataclass
 class BatchOutcome:
     results: list[RecordResult]  # one per record, in order
+    # What ended a later round of resending retryable records; records accepted before it
+    # keep their results, the ones still pending carry its code.
+    error: ConnectorError | None = None
 
 
 def write_with_retries(
@@ -93,7 +96,14 @@ def write_with_retries(
     pending = list(range(len(records)))
     for round_no in range(1, policy.attempts + 1):
         batch = [records[i] for i in pending]
-        answers = retrying(one_call, batch)
+        try:
+            answers = retrying(one_call, batch)
+        except ConnectorError as exc:
+            if round_no == 1:
+                raise  # nothing was accepted: the whole batch failed
+            for index in pending:
+                results[index] = RecordResult.failure(exc.code, exc.message)
+            return BatchOutcome(results=[r for r in results if r is not None], error=exc)
         if len(answers) != len(batch):
             raise RetryableError(
                 f"the destination answered {len(answers)} results for {len(batch)} records"

@@ -122,13 +122,20 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
             return BatchReport("stale")
         claimed, stop, has_hashes = fenced.batch, fenced.stop, fenced.has_hashes
         new_keys = has_hashes and fenced.fresh_snapshot
-        if not stop:
-            sync, destination_record = _run_targets(conn, run_id)
     if stop:
         return _finish(run_id, token, claimed, [], status="skipped")
-    destination, limiter = destination_for(destination_record)
     items: list[tuple[str, dict[str, Any]]] = pickle.loads(claimed.payload)
     records = [Record(key, fields) for key, fields in items]
+    try:
+        with transaction() as conn:
+            sync, destination_record = _run_targets(conn, run_id)
+        destination, limiter = destination_for(destination_record)
+    except Exception as exc:  # nothing can be written; the run must end, never wait for ever
+        message = exc.message if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
+        log.warning("run %s batch %s cannot be written: %s", run_id, batch_no, message)
+        failures = [repo.Failure(r.key, r.key, "UNKNOWN", message) for r in records]
+        return _finish(run_id, token, claimed, failures, status="done",
+                       abort=("UNKNOWN", message), total=len(records))
     key_field = _key_field(sync)
 
     attempts = 0
@@ -149,17 +156,14 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
             key_field=key_field, records=records, before_attempt=renew,
         )
         results = outcome.results
+        if outcome.error is not None:
+            abort = _abort_reason(outcome.error)
     except ClaimLost:
         return BatchReport("stale")
-    except AuthError as exc:
-        abort = ("AUTH", f"the destination rejected its credentials: {exc.message}")
-        results = [RecordResult.failure("AUTH", exc.message)] * len(records)
-    except RetryableError as exc:
-        abort = (exc.code, f"the destination is unavailable after retries: {exc.message}")
-        results = [RecordResult.failure(exc.code, exc.message)] * len(records)
     except ConnectorError as exc:
-        abort = (exc.code, f"the destination refused the batch: {exc.message}")
-        results = [RecordResult.failure(exc.code, exc.message)] * len(records)
+        abort = _abort_reason(exc)
+        code = "AUTH" if isinstance(exc, AuthError) else exc.code
+        results = [RecordResult.failure(code, exc.message)] * len(records)
     failures = [
         repo.Failure(record.key, record.key, result.code or "UNKNOWN",
                      result.message or "refused by the destination")
@@ -168,6 +172,15 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,
                    total=len(records), sync_id=sync.id, has_hashes=has_hashes,
                    new_keys=new_keys)
+
+
+def _abort_reason(exc: ConnectorError) -> tuple[str, str]:
+    """The code and message a whole-batch failure ends the run with."""
+    if isinstance(exc, AuthError):
+        return "AUTH", f"the destination rejected its credentials: {exc.message}"
+    if isinstance(exc, RetryableError):
+        return exc.code, f"the destination is unavailable after retries: {exc.message}"
+    return exc.code, f"the destination refused the batch: {exc.message}"
 
 
 _targets: dict[str, tuple[syncs.Sync, connections.Connection]] = {}

@@ -93,3 +93,29 @@ def test_only_retryable_records_are_sent_again_and_refusals_are_kept() -> None:
     assert destination.calls == [["0", "1", "2"], ["1"]]
     assert [r.ok for r in outcome.results] == [True, True, False]
     assert outcome.results[2].message == "bad email"
+
+
+def test_a_failure_while_resending_retryable_records_keeps_the_ones_already_accepted() -> None:
+    def first_round(records):
+        return [RecordResult.success()] + [
+            RecordResult.failure("RATE_LIMIT", "locked", retryable=True) for _ in records[1:]
+        ]
+
+    down = RetryableError("503 from the vendor")
+    destination = ScriptedDestination([first_round] + [down] * FAST.attempts)
+    outcome = write_with_retries(
+        destination, None, object_name="o", operation="upsert", key_field="id",
+        records=_records(3), policy=FAST,
+    )
+    assert outcome.results[0].ok
+    assert [r.ok for r in outcome.results[1:]] == [False, False]
+    assert outcome.error is down
+
+
+def test_a_failure_of_the_first_call_still_fails_the_whole_batch() -> None:
+    destination = ScriptedDestination([AuthError("bad token")])
+    with pytest.raises(AuthError):
+        write_with_retries(
+            destination, None, object_name="o", operation="upsert", key_field="id",
+            records=_records(2), policy=FAST,
+        )

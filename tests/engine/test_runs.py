@@ -341,3 +341,22 @@ def test_a_source_without_pushed_down_filters_still_syncs_changes(driver: Engine
     assert _sent_keys(sink) == ["4"]
     assert sink.store["4"]["full_name"] == "Changed"
     assert run.status == "succeeded"
+
+
+def test_a_run_whose_destination_is_deleted_mid_run_ends_failed(
+    driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink
+) -> None:
+    from shared.services import connections
+    from shared.services import syncs as sync_service
+
+    warehouse.insert(20)
+    setup = people_sync()
+    run_id = driver.trigger(setup)
+    driver.engine.execute_run(run_id)
+    sync_service.delete(setup.workspace_id, setup.sync_id)
+    connections.delete(setup.workspace_id, "destination", setup.destination_id)
+    driver.drain()
+    run = get_run(run_id)
+    assert run.status == "failed"
+    assert "no longer exists" in run.error
+    assert sink.record_count == 0
