@@ -20,8 +20,10 @@ from tests.engine.conftest import (  # noqa: F401 - driver and warehouse are fix
     SyncSetup,
     Warehouse,
     driver,
+    get_run,
     warehouse,
 )
+from tests.fakes.base import FakeServer
 from worker import executor
 from worker import runs as engine
 
@@ -128,3 +130,15 @@ def discovered_fields(
     data = _get(client, key,
                 f"/fields?destination_id={setup.destination_id}&object_name={object_name}")
     return {item["id"]: item["attributes"] for item in data}
+
+
+def run_with_faults_on_writes(
+    engine_driver: EngineDriver, setup: SyncSetup, fake: FakeServer, status: int, body: Any,
+    headers: dict[str, str] | None, times: int,
+) -> Any:
+    """Plan the run, then script the faults, so that they hit the writes, not discovery."""
+    run_id = engine_driver.trigger(setup)
+    assert engine_driver.engine.execute_run(run_id) is None
+    fake.fail_next(status, body, headers, times=times)
+    engine_driver.drain()
+    return get_run(run_id)

@@ -16,9 +16,10 @@ from tests.e2e.conftest import (
     discovered_objects,
     dlq_entries,
     make_sync,
+    run_with_faults_on_writes,
     seed,
 )
-from tests.engine.conftest import EngineDriver, SyncSetup, Warehouse, get_run
+from tests.engine.conftest import EngineDriver, SyncSetup, Warehouse
 from tests.fakes.http_sink import FakeHttpSink
 
 TOKEN = "Bearer receiver-token"
@@ -175,16 +176,6 @@ def test_mirror_deletes_records_whose_rows_left_the_source(
     assert receiver.store["3"]["score"] == 0.25
 
 
-def _run_with_faults_on_writes(
-    driver: EngineDriver, setup: SyncSetup, receiver: FakeHttpSink, status: int,
-    headers: dict[str, str] | None, times: int,
-) -> Any:
-    run_id = driver.trigger(setup)
-    assert driver.engine.execute_run(run_id) is None
-    receiver.fail_next(status, {"error": f"HTTP {status}"}, headers, times=times)
-    driver.drain()
-    return get_run(run_id)
-
 
 def test_429_with_retry_after_is_retried_until_the_records_are_written(
     driver: EngineDriver, account: Any, people: Warehouse, receiver: FakeHttpSink,
@@ -192,7 +183,9 @@ def test_429_with_retry_after_is_retried_until_the_records_are_written(
 ) -> None:
     seed(people, 5)
     setup = _sync(account, people, receiver)
-    run = _run_with_faults_on_writes(driver, setup, receiver, 429, {"Retry-After": "2"}, 2)
+    run = run_with_faults_on_writes(
+        driver, setup, receiver, 429, {"error": "HTTP 429"}, {"Retry-After": "2"}, 2
+    )
     assert run.status == "succeeded" and run.rows_written == 5
     assert len(receiver.store) == 5 and len(receiver.requests) == 3
     assert dlq_entries(client, account.key, setup) == {}
@@ -204,7 +197,7 @@ def test_a_storm_of_5xx_is_retried_until_the_records_are_written(
 ) -> None:
     seed(people, 5)
     setup = _sync(account, people, receiver)
-    run = _run_with_faults_on_writes(driver, setup, receiver, 503, None, 4)
+    run = run_with_faults_on_writes(driver, setup, receiver, 503, {"error": "HTTP 503"}, None, 4)
     assert run.status == "succeeded" and run.rows_written == 5
     assert len(receiver.store) == 5
     assert dlq_entries(client, account.key, setup) == {}

@@ -17,9 +17,10 @@ from tests.e2e.conftest import (
     discovered_objects,
     dlq_entries,
     make_sync,
+    run_with_faults_on_writes,
     seed,
 )
-from tests.engine.conftest import EngineDriver, SyncSetup, Warehouse, get_run
+from tests.engine.conftest import EngineDriver, SyncSetup, Warehouse
 from tests.fakes.hubspot import MAX_BATCH_INPUTS, FakeHubSpot
 
 MAPPINGS = [
@@ -172,17 +173,6 @@ def test_mirror_archives_contacts_whose_rows_left_the_source(
     assert contacts["5"]["is_vip"] == "true"
 
 
-def _run_with_faults_on_writes(
-    driver: EngineDriver, setup: SyncSetup, hubspot: FakeHubSpot, status: int, body: Any,
-    headers: dict[str, str] | None, times: int,
-) -> Any:
-    """Plan the run, then script the faults, so that they hit the writes, not discovery."""
-    run_id = driver.trigger(setup)
-    assert driver.engine.execute_run(run_id) is None
-    hubspot.fail_next(status, body, headers, times=times)
-    driver.drain()
-    return get_run(run_id)
-
 
 def test_429_with_retry_after_is_retried_until_the_contacts_are_written(
     driver: EngineDriver, account: Any, people: Warehouse, hubspot: FakeHubSpot,
@@ -195,7 +185,7 @@ def test_429_with_retry_after_is_retried_until_the_contacts_are_written(
         "errorType": "RATE_LIMIT", "correlationId": str(uuid.uuid4()),
         "policyName": "TEN_SECONDLY_ROLLING",
     }
-    run = _run_with_faults_on_writes(driver, setup, hubspot, 429, limited, {"Retry-After": "2"}, 2)
+    run = run_with_faults_on_writes(driver, setup, hubspot, 429, limited, {"Retry-After": "2"}, 2)
     assert run.status == "succeeded" and run.rows_written == 5
     assert len(_contacts(hubspot)) == 5
     assert len(hubspot.batch_requests("upsert")) == 3  # two refused, one accepted
@@ -209,7 +199,7 @@ def test_a_storm_of_5xx_is_retried_until_the_contacts_are_written(
     seed(people, 5)
     setup = _sync(account, people, hubspot)
     down = {"status": "error", "message": "internal error", "category": "INTERNAL_ERROR"}
-    run = _run_with_faults_on_writes(driver, setup, hubspot, 502, down, None, 4)
+    run = run_with_faults_on_writes(driver, setup, hubspot, 502, down, None, 4)
     assert run.status == "succeeded" and run.rows_written == 5
     assert len(_contacts(hubspot)) == 5
     assert dlq_entries(client, account.key, setup) == {}

@@ -17,9 +17,10 @@ from tests.e2e.conftest import (
     discovered_objects,
     dlq_entries,
     make_sync,
+    run_with_faults_on_writes,
     seed,
 )
-from tests.engine.conftest import EngineDriver, SyncSetup, Warehouse, get_run
+from tests.engine.conftest import EngineDriver, SyncSetup, Warehouse
 from tests.fakes.iterable import FakeIterable
 
 BATCH_LIMIT = 1000  # users per bulkUpdate request the connector sends at most
@@ -167,17 +168,6 @@ def test_mirror_deletes_users_whose_rows_left_the_source(
     assert users["1"]["dataFields"]["firstName"] == "Kept"
 
 
-def _run_with_faults_on_writes(
-    driver: EngineDriver, setup: SyncSetup, iterable: FakeIterable, status: int, body: Any,
-    headers: dict[str, str] | None, times: int,
-) -> Any:
-    """Plan the run, then script the faults, so that they hit the writes, not discovery."""
-    run_id = driver.trigger(setup)
-    assert driver.engine.execute_run(run_id) is None
-    iterable.fail_next(status, body, headers, times=times)
-    driver.drain()
-    return get_run(run_id)
-
 
 def test_429_with_retry_after_is_retried_until_the_users_are_written(
     driver: EngineDriver, account: Any, people: Warehouse, iterable: FakeIterable,
@@ -186,7 +176,7 @@ def test_429_with_retry_after_is_retried_until_the_users_are_written(
     seed(people, 5)
     setup = _sync(account, people, iterable)
     limited = {"msg": "Rate limit exceeded", "code": "RateLimitExceeded", "params": None}
-    run = _run_with_faults_on_writes(driver, setup, iterable, 429, limited,
+    run = run_with_faults_on_writes(driver, setup, iterable, 429, limited,
                                      {"Retry-After": "2"}, 2)
     assert run.status == "succeeded" and run.rows_written == 5
     assert len(_users(iterable)) == 5
@@ -201,7 +191,7 @@ def test_a_storm_of_5xx_is_retried_until_the_users_are_written(
     seed(people, 5)
     setup = _sync(account, people, iterable)
     down = {"msg": "Internal server error", "code": "GenericError", "params": None}
-    run = _run_with_faults_on_writes(driver, setup, iterable, 503, down, None, 4)
+    run = run_with_faults_on_writes(driver, setup, iterable, 503, down, None, 4)
     assert run.status == "succeeded" and run.rows_written == 5
     assert len(_users(iterable)) == 5
     assert dlq_entries(client, account.key, setup) == {}

@@ -16,9 +16,10 @@ from tests.e2e.conftest import (
     discovered_objects,
     dlq_entries,
     make_sync,
+    run_with_faults_on_writes,
     seed,
 )
-from tests.engine.conftest import EngineDriver, SyncSetup, Warehouse, get_run
+from tests.engine.conftest import EngineDriver, SyncSetup, Warehouse
 from tests.fakes.salesforce import COLLECTION_LIMIT, FakeSalesforce
 
 UPSERT_PATH = "/services/data/v62.0/composite/sobjects/Account/External_Id__c"
@@ -173,17 +174,6 @@ def test_mirror_deletes_accounts_whose_rows_left_the_source(
     assert accounts["5"]["Name"] == "Kept"
 
 
-def _run_with_faults_on_writes(
-    driver: EngineDriver, setup: SyncSetup, org: FakeSalesforce, status: int, body: Any,
-    headers: dict[str, str] | None, times: int,
-) -> Any:
-    """Plan the run, then script the faults, so that they hit the writes, not discovery."""
-    run_id = driver.trigger(setup)
-    assert driver.engine.execute_run(run_id) is None
-    org.fail_next(status, body, headers, times=times)
-    driver.drain()
-    return get_run(run_id)
-
 
 def test_429_with_retry_after_is_retried_until_the_accounts_are_written(
     driver: EngineDriver, account: Any, people: Warehouse, org: FakeSalesforce,
@@ -192,7 +182,7 @@ def test_429_with_retry_after_is_retried_until_the_accounts_are_written(
     seed(people, 5)
     setup = _sync(account, people, org)
     limited = [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
-    run = _run_with_faults_on_writes(driver, setup, org, 429, limited, {"Retry-After": "3"}, 2)
+    run = run_with_faults_on_writes(driver, setup, org, 429, limited, {"Retry-After": "3"}, 2)
     assert run.status == "succeeded" and run.rows_written == 5
     assert len(_accounts(org)) == 5
     assert len(_sent(org)) == 3  # two refused, one accepted
@@ -206,7 +196,7 @@ def test_a_storm_of_5xx_is_retried_until_the_accounts_are_written(
     seed(people, 5)
     setup = _sync(account, people, org)
     down = [{"message": "Service Unavailable", "errorCode": "SERVER_UNAVAILABLE"}]
-    run = _run_with_faults_on_writes(driver, setup, org, 503, down, None, 4)
+    run = run_with_faults_on_writes(driver, setup, org, 503, down, None, 4)
     assert run.status == "succeeded" and run.rows_written == 5
     assert len(_accounts(org)) == 5
     assert dlq_entries(client, account.key, setup) == {}
