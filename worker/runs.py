@@ -107,14 +107,15 @@ class ClaimLost(Exception):
 
 
 class _Stale(Exception):
-    """Another claim of the batch records its outcome: this transaction must not."""
+    """Another claim of the batch records its outcome, or the run is no longer this token's:
+    this transaction must not record anything."""
 
 
 def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
     """Claim batch `batch_no` of the run and write it; the batch that completes the run's last
     finalizes it. Safe to call any number of times for the same batch."""
     claim_s = get_settings().lease_seconds
-    with transaction() as conn:
+    with transaction() as conn, conn.pipeline():  # BEGIN travels with the claim
         fenced = repo.claim_batch_fenced(
             conn, run_id, batch_no, token, dispatch.worker_id(), claim_s
         )
@@ -222,8 +223,9 @@ def _finish(
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
     try:
-        with transaction() as conn:
-            repo.relax(conn)
+        # Pipelined: the transaction's statements go to Postgres together and only the last
+        # one's answer is awaited, so recording a batch costs two round trips (this, COMMIT).
+        with transaction() as conn, conn.pipeline():
             if ok and sync_id is not None:
                 # The snapshot advances as batches land, so finalizing a large run costs
                 # nothing and a run taken over after a crash does not resend what was accepted.
@@ -231,15 +233,15 @@ def _finish(
                 repo.accept_batch(conn, run_id, claimed.batch_no, sync_id, claimed.operation,
                                   [f.record_key for f in failures], has_hashes=has_hashes,
                                   new_keys=new_keys)
-            if not repo.finish_batch(conn, run_id, claimed.batch_no, claimed.attempts,
-                                     status=status, rows_ok=ok, rows_failed=len(failures)):
-                raise _Stale
             repo.add_failures(conn, run_id, failures)
-            # Lock order: the run's row, then its progress row (as the planner and finalize).
-            repo.fence_last(conn, run_id, token, written=ok, failed=len(failures))
-            if abort is not None:
-                repo.abort(conn, run_id, *abort)
-            progress = repo.count_batch_done(conn, run_id)
+            # Last, and in one statement: the batch, the run's row (fence and counters), then
+            # its progress row, the lock order of the planner and finalize.
+            progress = repo.record_batch(
+                conn, run_id, claimed.batch_no, claimed.attempts, token, status=status,
+                rows_ok=ok, rows_failed=len(failures), abort=abort,
+            )
+            if progress is None:
+                raise _Stale
     except (_Stale, LeaseLost):
         return BatchReport("stale")
     except psycopg.errors.UniqueViolation:

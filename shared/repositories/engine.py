@@ -582,20 +582,42 @@ def renew_claim(
     return row is not None
 
 
-def finish_batch(
-    conn: psycopg.Connection, run_id: str, batch_no: int, attempts: int | None, *,
-    status: str, rows_ok: int, rows_failed: int,
-) -> bool:
-    """Mark the batch done or skipped if this claim (attempts) still holds it — or, with
-    attempts None, if nobody has claimed it; False means someone else records it."""
-    row = conn.execute(
-        "UPDATE run_batches SET status = %s, rows_ok = %s, rows_failed = %s,"
-        " finished_at = now(), payload = ''::bytea"
-        " WHERE run_id = %s AND batch_no = %s AND status IN ('pending', 'running')"
-        " AND (%s::int IS NULL AND status = 'pending' OR attempts = %s) RETURNING 1",
-        (status, rows_ok, rows_failed, run_id, batch_no, attempts, attempts),
-    ).fetchone()
-    return row is not None
+def record_batch(
+    conn: psycopg.Connection, run_id: str, batch_no: int, attempts: int, token: int, *,
+    status: str, rows_ok: int, rows_failed: int, abort: tuple[str, str] | None = None,
+) -> Progress | None:
+    """Record a claimed batch's outcome in one statement: mark it done or skipped if this claim
+    (attempts) still holds it, add its rows to the run's counters under the fence, count it
+    done (keeping the first abort reason) and relax the transaction (`relax`). The run's
+    progress after it, or None when the claim or the lease was lost (the caller rolls back).
+
+    Each step runs only if the one before it found its row, in the order the planner and
+    finalize lock them: the batch, the run's row, then its progress row. The run's row is
+    locked by this statement, near the end of the transaction, as `fence_last` does."""
+    with conn.cursor(row_factory=class_row(Progress)) as cur:
+        cur.execute(
+            "WITH b AS ("
+            " UPDATE run_batches SET status = %(status)s, rows_ok = %(ok)s,"
+            " rows_failed = %(failed)s, finished_at = now(), payload = ''::bytea"
+            " WHERE run_id = %(run)s AND batch_no = %(batch)s AND status IN ('pending', 'running')"
+            " AND attempts = %(attempts)s RETURNING 1"
+            "), r AS ("
+            " UPDATE runs SET rows_written = rows_written + %(ok)s,"
+            " rows_failed = rows_failed + %(failed)s, updated_at = now()"
+            " WHERE id = %(run)s AND fencing_token = %(token)s AND status = 'running'"
+            " AND EXISTS (SELECT 1 FROM b) RETURNING 1"
+            ")"
+            " UPDATE run_progress SET batches_done = batches_done + 1,"
+            " abort_error = coalesce(abort_error, %(error)s),"
+            " abort_code = coalesce(abort_code, %(code)s), updated_at = now()"
+            " WHERE run_id = %(run)s AND EXISTS (SELECT 1 FROM r)"
+            " AND set_config('synchronous_commit', 'off', true) = 'off'"
+            " RETURNING phase, batches_total, batches_done, abort_error, abort_code",
+            {"status": status, "ok": rows_ok, "failed": rows_failed, "run": run_id,
+             "batch": batch_no, "attempts": attempts, "token": token,
+             "code": abort[0] if abort else None, "error": abort[1] if abort else None},
+        )
+        return cur.fetchone()
 
 
 @dataclass
@@ -625,18 +647,6 @@ def progress(conn: psycopg.Connection, run_id: str) -> Progress | None:
         return cur.fetchone()
 
 
-def count_batch_done(conn: psycopg.Connection, run_id: str) -> Progress:
-    """The fan-in counter: one more batch finished."""
-    with conn.cursor(row_factory=class_row(Progress)) as cur:
-        cur.execute(
-            "UPDATE run_progress SET batches_done = batches_done + 1, updated_at = now()"
-            " WHERE run_id = %s"
-            " RETURNING phase, batches_total, batches_done, abort_error, abort_code",
-            (run_id,),
-        )
-        return cur.fetchone()
-
-
 def planning_done(conn: psycopg.Connection, run_id: str, batches_total: int) -> Progress:
     with conn.cursor(row_factory=class_row(Progress)) as cur:
         cur.execute(
@@ -646,15 +656,6 @@ def planning_done(conn: psycopg.Connection, run_id: str, batches_total: int) -> 
             (batches_total, run_id),
         )
         return cur.fetchone()
-
-
-def abort(conn: psycopg.Connection, run_id: str, code: str, error: str) -> None:
-    """Stop the run's remaining batches; the first reason is kept."""
-    conn.execute(
-        "UPDATE run_progress SET abort_error = coalesce(abort_error, %s),"
-        " abort_code = coalesce(abort_code, %s), updated_at = now() WHERE run_id = %s",
-        (error, code, run_id),
-    )
 
 
 # -- finalization --------------------------------------------------------------------------------
