@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shared.db import transaction
 from shared.services import dlq as dlq_service
 from tests.engine.conftest import EngineDriver, Warehouse, get_run
@@ -360,3 +362,50 @@ def test_a_run_whose_destination_is_deleted_mid_run_ends_failed(
     assert run.status == "failed"
     assert "no longer exists" in run.error
     assert sink.record_count == 0
+
+
+def _record_state(run_id: str, batch_no: int) -> tuple[str, int, int, int]:
+    with transaction() as conn:
+        return conn.execute(
+            "SELECT b.status, r.rows_written, p.batches_done,"
+            " (SELECT count(*) FROM sync_snapshots s WHERE s.sync_id = r.sync_id)::int"
+            " FROM run_batches b JOIN runs r ON r.id = b.run_id"
+            " JOIN run_progress p ON p.run_id = b.run_id"
+            " WHERE b.run_id = %s AND b.batch_no = %s",
+            (run_id, batch_no),
+        ).fetchone()
+
+
+@pytest.mark.parametrize("lost", ["lease", "claim"])
+def test_a_batch_whose_lease_or_claim_is_lost_while_writing_records_nothing(
+    driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch,
+    lost: str,
+) -> None:
+    from worker import runs as engine_runs
+
+    warehouse.insert(10)
+    setup = people_sync()
+    run_id = driver.trigger(setup)
+    driver.engine.execute_run(run_id)
+    (rid, batch_no, token), = driver.pending[:1]
+    original = engine_runs.write_with_retries
+
+    def write_then_lose(*args, **kwargs):
+        outcome = original(*args, **kwargs)
+        with transaction() as conn:  # a takeover while the batch was in flight
+            if lost == "lease":
+                conn.execute(
+                    "UPDATE runs SET fencing_token = fencing_token + 1 WHERE id = %s", (rid,)
+                )
+            else:
+                conn.execute(
+                    "UPDATE run_batches SET attempts = attempts + 1"
+                    " WHERE run_id = %s AND batch_no = %s", (rid, batch_no),
+                )
+        return outcome
+
+    monkeypatch.setattr(engine_runs, "write_with_retries", write_then_lose)
+    report = driver.engine.write_batch(rid, batch_no, token)
+    assert report.status == "stale"
+    assert sink.record_count > 0  # sent, but the outcome is the new holder's to record
+    assert _record_state(rid, batch_no) == ("running", 0, 0, 0)
