@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import secrets as _random
+import time
 from functools import cache
 from typing import Any
 
@@ -20,11 +22,22 @@ def _secret_key() -> str:
     if settings.secret_key:
         return settings.secret_key
     path = settings.home / "secret.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_random.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Exclusive create: of processes starting at once, one writes the key and every one
+        # reads that key; it is never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as file:
+            file.write(_random.token_urlsafe(32))
+    for _ in range(100):  # the creator may not have written it yet
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.01)
+    raise RuntimeError(f"{path} is empty: remove it, or set RETL_SECRET_KEY")
 
 
 @cache

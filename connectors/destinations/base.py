@@ -111,6 +111,11 @@ class Destination(ABC):
         later, AuthError when credentials are rejected, ConnectorError for other whole-batch
         failures."""
 
+    @classmethod
+    def supported_modes_for(cls, object_name: str) -> frozenset[str]:
+        """The sync modes `object_name` accepts; a connector whose objects differ narrows it."""
+        return cls.supported_modes
+
     def batch_size_for(self, operation: Operation, total_records: int) -> int:
         """Records per write_batch call for a run that sends `total_records` with `operation`.
         A connector with a bulk API may answer more for large runs."""

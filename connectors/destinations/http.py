@@ -357,7 +357,7 @@ class HttpDestination(Destination):
                 message = json.dumps(message, default=str)
             code = item.get("code")
             return RecordResult.failure(
-                code if code in RECORD_ERROR_CODES else "DESTINATION_VALIDATION",
+                code if isinstance(code, str) and code in RECORD_ERROR_CODES else "DESTINATION_VALIDATION",
                 (message or "rejected by the endpoint")[:MAX_ERROR_TEXT],
                 retryable=item.get("retryable") is True,
             )

@@ -214,10 +214,19 @@ class IterableDestination(Destination):
         ),
     )
     supported_modes: ClassVar[frozenset[str]] = frozenset({"upsert", "insert", "delete", "mirror"})
+    # Users are upserted (and deleted); events can only be inserted.
+    modes_by_object: ClassVar[dict[str, frozenset[str]]] = {
+        "users": frozenset({"upsert", "delete", "mirror"}),
+        "events": frozenset({"insert"}),
+    }
     batch_size: ClassVar[int] = 1000
     # users/bulkUpdate allows 5 requests/s per project (trackBulk 10): the stricter one rules.
     rate_limit_per_second: ClassVar[float] = 5.0
     max_concurrency: ClassVar[int] = 2
+
+    @classmethod
+    def supported_modes_for(cls, object_name: str) -> frozenset[str]:
+        return cls.modes_by_object.get(object_name, cls.supported_modes)
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)

@@ -143,12 +143,22 @@ def latest_for_sync(conn: psycopg.Connection, sync_id: str) -> Run | None:
         return cur.fetchone()
 
 
-def cancel_queued_for_sync(conn: psycopg.Connection, sync_id: str) -> None:
+def cancel_queued_for_sync(conn: psycopg.Connection, sync_id: str, trigger: str | None = None) -> None:
+    """Cancel the sync's queued run (only when it has `trigger`, if given)."""
     conn.execute(
         "UPDATE runs SET status = 'cancelled', cancel_requested = true, finished_at = now(),"
-        " updated_at = now() WHERE sync_id = %s AND status = 'queued'",
-        (sync_id,),
+        " updated_at = now() WHERE sync_id = %s AND status = 'queued'"
+        " AND (%s::text IS NULL OR trigger = %s)",
+        (sync_id, trigger, trigger),
     )
+
+
+def active_for_sync(conn: psycopg.Connection, sync_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM runs WHERE sync_id = %s AND status IN ('queued', 'running') LIMIT 1",
+        (sync_id,),
+    ).fetchone()
+    return row is not None
 
 
 def count_by_status(conn: psycopg.Connection) -> dict[str, int]:

@@ -8,7 +8,7 @@ from typing import Any
 from connectors import registry
 from shared import ids, schedules
 from shared.db import transaction
-from shared.errors import Invalid, NotFound
+from shared.errors import Conflict, Invalid, NotFound
 from shared.pagination import Page, decode_cursor, page_of
 from shared.repositories import connections, runs, syncs
 from shared.settings import get_settings
@@ -48,10 +48,11 @@ def _check(conn: Any, workspace_id: str, values: dict[str, Any]) -> None:
     if connections.get(conn, workspace_id, "source", values["source_id"]) is None:
         raise Invalid(f"no source {values['source_id']}", pointer="/sourceId")
     cls = registry.destination_class(destination.connector)
-    if values["sync_mode"] not in cls.supported_modes:
+    modes = cls.supported_modes_for(values["object_name"])
+    if values["sync_mode"] not in modes:
         raise Invalid(
-            f"{destination.connector} does not support sync mode {values['sync_mode']!r};"
-            f" it supports {', '.join(sorted(cls.supported_modes))}",
+            f"{destination.connector} {values['object_name']} does not support sync mode"
+            f" {values['sync_mode']!r}; it supports {', '.join(sorted(modes))}",
             pointer="/syncMode",
         )
     keys = [m for m in values["field_mappings"] if m.get("key")]
@@ -122,8 +123,17 @@ def update(workspace_id: str, sync_id: str, body: dict[str, Any]) -> syncs.Sync:
         if "schedule" in changes:
             changes["schedule"] = merged["schedule"]
         if merged["destination_id"] != sync.destination_id:
+            if runs.active_for_sync(conn, sync_id):
+                raise Conflict(
+                    "the sync has a queued or running run: cancel it or wait for it to end"
+                    " before moving the sync to another destination",
+                    pointer="/destinationId",
+                )
             # The new destination holds none of what the old one was sent.
             syncs.forget_snapshot(conn, sync_id)
+        if sync.enabled and not merged["enabled"]:
+            # Paused: a scheduled run still waiting in the queue no longer runs.
+            runs.cancel_queued_for_sync(conn, sync_id, trigger="schedule")
         # Only a real change of schedule or state moves the next run: re-sending the same
         # values must not delay a due (or overdue) sync.
         if (merged["schedule"], merged["enabled"]) != (sync.schedule, sync.enabled):

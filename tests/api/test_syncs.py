@@ -15,6 +15,7 @@ from tests.api.conftest import (
     create_destination,
     create_source,
     create_sync,
+    insert_run,
     sync_body,
 )
 from tests.conftest import bearer
@@ -467,3 +468,41 @@ def test_a_template_that_does_not_compile_answers_422(client, api_key, destinati
     }
     response = client.post(f"{API}/syncs", json=body, headers=bearer(api_key))
     assert_error(response, 422, "/fieldMappings/1/template")
+
+
+def _run_status(client, api_key, run_id):
+    return client.get(f"{API}/runs/{run_id}", headers=bearer(api_key)).get_json()["data"]["attributes"]["status"]
+
+
+def test_pausing_cancels_a_queued_scheduled_run_but_not_a_manual_one(client, api_key, sync, database_url):
+    scheduled = insert_run(database_url, sync["id"], status="queued", trigger="schedule")
+    toggle = {"syncId": sync["id"], "enabled": False}
+    assert client.post(f"{API}/sync/toggle", json=toggle, headers=bearer(api_key)).status_code == 200
+    assert _run_status(client, api_key, scheduled) == "cancelled"
+
+    client.post(f"{API}/sync/toggle", json={"syncId": sync["id"], "enabled": True}, headers=bearer(api_key))
+    manual = insert_run(database_url, sync["id"], status="queued", trigger="manual")
+    client.post(f"{API}/sync/toggle", json=toggle, headers=bearer(api_key))
+    assert _run_status(client, api_key, manual) == "queued"
+
+
+def test_moving_a_sync_with_an_active_run_to_another_destination_answers_409(
+    client, api_key, sync, sink, database_url
+):
+    insert_run(database_url, sync["id"], status="running")
+    other = create_destination(client, api_key, sink.url, name="Other")
+    response = client.put(f"{API}/syncs/{sync['id']}", json={"destinationId": other["id"]}, headers=bearer(api_key))
+    assert_error(response, 409, "/destinationId")
+
+
+@pytest.mark.parametrize("object_name, mode", [("users", "insert"), ("events", "upsert"), ("events", "mirror")])
+def test_a_mode_the_destination_object_lacks_answers_422(client, api_key, source, object_name, mode):
+    body = {"name": "it", "connector": "iterable", "config": {"apiKey": "k", "baseUrl": "http://127.0.0.1:9"}}
+    destination = client.post(f"{API}/destinations", json=body, headers=bearer(api_key)).get_json()["data"]
+    sync_body = {
+        "name": "s", "sourceQuery": "SELECT 1 AS id", "destinationId": destination["id"],
+        "objectName": object_name, "syncMode": mode,
+        "fieldMappings": [{"source": "id", "destination": "email", "key": True}],
+    }
+    response = client.post(f"{API}/syncs", json=sync_body, headers=bearer(api_key))
+    assert_error(response, 422, "/syncMode")

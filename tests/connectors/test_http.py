@@ -344,12 +344,14 @@ def test_a_result_may_carry_a_known_code_and_retryable(sink):
     answer = {"results": [
         {"ok": False, "error": "locked", "code": "RATE_LIMIT", "retryable": True},
         {"ok": False, "error": "odd", "code": "SOMETHING_ELSE"},
+        {"ok": False, "error": "odder", "code": ["NOT_FOUND"]},
     ]}
     sink.fail_next(200, answer)
-    results = destination.write_batch("records", "upsert", "id", people(1, 3))
+    results = destination.write_batch("records", "upsert", "id", people(1, 3, 4))
     assert results == [
         RecordResult.failure("RATE_LIMIT", "locked", retryable=True),
         RecordResult.failure("DESTINATION_VALIDATION", "odd"),
+        RecordResult.failure("DESTINATION_VALIDATION", "odder"),
     ]
 
 

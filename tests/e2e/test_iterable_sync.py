@@ -110,7 +110,7 @@ def test_second_run_sends_only_the_changed_rows(
 def test_update_mode_is_refused_when_the_sync_is_created(
     account: Any, people: Warehouse, iterable: FakeIterable
 ) -> None:
-    with pytest.raises(Invalid, match="delete, insert, mirror, upsert"):
+    with pytest.raises(Invalid, match="users does not support sync mode .update.; it supports delete, mirror, upsert"):
         _sync(account, people, iterable, mode="update")
 
 
