@@ -89,7 +89,7 @@ def worker(concurrency: int, pool: str) -> None:
     settings = get_settings()
     settings.require_database_url()
     app.worker_main([
-        "worker", "--loglevel", settings.log_level, "-Q", settings.queue,
+        "worker", "--loglevel", settings.log_level, "-Q", f"{settings.queue},{settings.control_queue}",
         "--concurrency", str(concurrency), "--pool", pool, "--without-gossip", "--without-mingle",
     ])
 

@@ -19,11 +19,15 @@ def beat_schedule() -> dict[str, Any]:
             "schedule": settings.beat_interval_s,
             # A tick left unconsumed by busy workers is superseded by the next one: drop it
             # rather than let a backlog of identical ticks build up.
-            "options": {"queue": settings.queue, "expires": max(settings.beat_interval_s * 2, 1)},
+            "options": {
+                "queue": settings.control_queue, "expires": max(settings.beat_interval_s * 2, 1),
+            },
         },
         "retl-reap": {
             "task": REAP,
             "schedule": settings.reaper_interval_s,
-            "options": {"queue": settings.queue, "expires": max(settings.reaper_interval_s * 2, 1)},
+            "options": {
+                "queue": settings.control_queue, "expires": max(settings.reaper_interval_s * 2, 1),
+            },
         },
     }

@@ -24,6 +24,12 @@ class Settings:
     queue: str
     duckdb_directories: tuple[str, ...]
 
+    @property
+    def control_queue(self) -> str:
+        """Schedule ticks and the reaper: a queue of their own, so a large run's batches never
+        delay them."""
+        return f"{self.queue}-control"
+
     def require_database_url(self) -> str:
         if not self.database_url:
             raise RuntimeError("RETL_DATABASE_URL is not set (retl up starts an embedded Postgres)")

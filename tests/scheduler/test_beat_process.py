@@ -60,7 +60,8 @@ def test_retl_beat_and_a_worker_queue_a_scheduled_run(
     env = {**os.environ, **fast_schedules, "RETL_HOME": str(tmp_path), "RETL_LOG_LEVEL": "INFO"}
     beat = _start([str(BIN / "retl"), "beat"], tmp_path / "beat.log", env)
     worker = _start(
-        [str(BIN / "celery"), "-A", "worker.app", "worker", "-Q", get_settings().queue,
+        [str(BIN / "celery"), "-A", "worker.app", "worker",
+         "-Q", f"{get_settings().queue},{get_settings().control_queue}",
          "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"],
         tmp_path / "worker.log", env,
     )

@@ -123,4 +123,4 @@ def test_beat_sends_the_tick_and_the_reaper_at_their_configured_intervals() -> N
 
     assert entries[SCHEDULE_TICK]["schedule"] == settings.beat_interval_s
     assert entries[REAP]["schedule"] == settings.reaper_interval_s
-    assert {entry["options"]["queue"] for entry in entries.values()} == {settings.queue}
+    assert {entry["options"]["queue"] for entry in entries.values()} == {settings.control_queue}
