@@ -4,16 +4,43 @@ are not set."""
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psycopg
 
 DATABASE = "retl"
+_PR_SET_PDEATHSIG = 1
+
+
+def hold_home_lock(home: Path) -> IO[str] | None:
+    """An exclusive lock on RETL_HOME for as long as the returned file stays open; None when
+    another process holds it (two `retl up` on one home would share one Redis data folder)."""
+    home.mkdir(parents=True, exist_ok=True)
+    handle = open(home / "up.lock", "w")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: receive SIGTERM when `retl up` dies, even by SIGKILL, so no
+    process is left behind holding the port or the data folder."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: a clean stop still ends every child
+        pass
 
 
 def start_postgres(home: Path):
@@ -69,7 +96,7 @@ def start_redis(home: Path) -> EmbeddedRedis:
     process = subprocess.Popen(
         [executable, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
          "--appendonly", "yes", "--save", "", "--logfile", str(folder / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
     )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -115,32 +115,39 @@ def up(host: str, port: int, concurrency: int) -> None:
     from shared.migrate import migrate as apply
 
     settings = get_settings()
-    redis_server = None
-    if not settings.redis_url:
-        redis_server = embedded.start_redis(settings.home)
-        os.environ["RETL_REDIS_URL"] = redis_server.url
-        get_settings.cache_clear()
-    database_url = _database_url()
-    apply(database_url)
-
-    retl = [sys.executable, "-m", "cli"]
-    children = {
-        "api": subprocess.Popen([*retl, "api", "--host", host, "--port", str(port)]),
-        "worker": subprocess.Popen([*retl, "worker", "--concurrency", str(concurrency)]),
-        "beat": subprocess.Popen([*retl, "beat"]),
-    }
-    click.echo(f"retl is up: http://{host}:{port}  (health: http://{host}:{port}/healthz)")
-    click.echo("create an API key with:  .venv/bin/retl api-key create   (Ctrl-C stops everything)")
-
+    lock = embedded.hold_home_lock(settings.home)
+    if lock is None:
+        raise click.ClickException(
+            f"another `retl up` is running with {settings.home}; stop it first"
+            " (or set RETL_HOME to run a second one)"
+        )
     stopping = False
 
     def _stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+
+    redis_server = None
+    children: dict[str, subprocess.Popen] = {}
     try:
+        if not settings.redis_url:
+            redis_server = embedded.start_redis(settings.home)
+            os.environ["RETL_REDIS_URL"] = redis_server.url
+            get_settings.cache_clear()
+        apply(_database_url())
+
+        retl = [sys.executable, "-m", "cli"]
+        for name, args in (
+            ("api", ["api", "--host", host, "--port", str(port)]),
+            ("worker", ["worker", "--concurrency", str(concurrency)]),
+            ("beat", ["beat"]),
+        ):
+            children[name] = subprocess.Popen([*retl, *args], preexec_fn=embedded.die_with_parent)
+        click.echo(f"retl is up: http://{host}:{port}  (health: http://{host}:{port}/healthz)")
+        click.echo("create an API key with:  .venv/bin/retl api-key create   (Ctrl-C stops everything)")
         while not stopping:
             for name, child in children.items():
                 if child.poll() is not None:
@@ -159,6 +166,7 @@ def up(host: str, port: int, concurrency: int) -> None:
                 child.kill()
         if redis_server is not None:
             redis_server.stop()
+        lock.close()
         click.echo("retl stopped")
 
 

@@ -103,3 +103,27 @@ def test_up_without_urls_starts_embedded_postgres_and_redis_that_keep_data(tmp_p
         code, output, alive = _stop(process)
     assert alive == [], f"children still running after retl up stopped: {alive}"
     assert (home / "postgres").is_dir() and (home / "redis").is_dir()
+
+
+def test_a_killed_up_leaves_no_process_and_a_second_up_on_the_same_home_is_refused(
+    tmp_path, database_url, redis_url
+):
+    port = _free_port()
+    env = _environment(
+        RETL_DATABASE_URL=database_url, RETL_REDIS_URL=redis_url, RETL_SECRET_KEY="test-secret-key",
+        RETL_HOME=str(tmp_path / ".retl"), RETL_QUEUE=f"retl-up-{os.getpid()}",
+    )
+    process = _start_up(env, port, tmp_path)
+    try:
+        _wait_for_health(f"http://127.0.0.1:{port}/healthz", process)
+        second = subprocess.run(
+            [sys.executable, "-m", "cli", "up", "--port", str(_free_port())],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode != 0 and "another `retl up`" in second.stderr
+        children = psutil.Process(process.pid).children(recursive=True)
+    finally:
+        process.kill()  # SIGKILL: no chance to stop its children itself
+        process.communicate(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], f"children left running after retl up was killed: {alive}"
