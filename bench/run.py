@@ -250,7 +250,23 @@ class CeleryWorker:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def timed_run(workspace_id: str, sync_id: str) -> tuple[float, str, int]:
+def run_timeline(run_id: str) -> str:
+    """When, after the run was created, its first and last batches were stored (planning) and
+    its last batch was recorded as written: which side of the pipeline ends last."""
+    with transaction() as conn:
+        first, stored, written = conn.execute(
+            "SELECT extract(epoch FROM min(b.enqueued_at) - r.created_at),"
+            " extract(epoch FROM max(b.enqueued_at) - r.created_at),"
+            " extract(epoch FROM max(b.finished_at) - r.created_at)"
+            " FROM run_batches b JOIN runs r ON r.id = b.run_id WHERE b.run_id = %s"
+            " GROUP BY r.created_at",
+            (run_id,),
+        ).fetchone()
+    return (f"batches stored {float(first):.2f}–{float(stored):.2f} s,"
+            f" last written {float(written):.2f} s")
+
+
+def timed_run(workspace_id: str, sync_id: str) -> tuple[float, str, int, str]:
     started = time.perf_counter()
     run_id = run_service.trigger(workspace_id, [sync_id], full_refresh=False)[0].id
     while True:
@@ -260,7 +276,7 @@ def timed_run(workspace_id: str, sync_id: str) -> tuple[float, str, int]:
         time.sleep(0.01)
     if status != "succeeded":
         raise RuntimeError(f"run {run_id} {status}: {error}")
-    return time.perf_counter() - started, status, written
+    return time.perf_counter() - started, status, written, run_id
 
 
 WARM_UP_ROWS = 5 * POST_SIZE
@@ -289,12 +305,13 @@ def bench_end_to_end(rows: int, workspace_id: str, workdir: Path, concurrency: i
         worker = CeleryWorker(workdir / "worker.log", concurrency)
         try:
             warm_up(workspace_id, workdir, sink)
-            retl_s, _, written = timed_run(workspace_id, sync_id)
+            retl_s, _, written, run_id = timed_run(workspace_id, sync_id)
+            timeline = run_timeline(run_id)
             assert written == rows and len(sink.store) == rows, (written, len(sink.store))
             with duckdb.connect(path) as conn:
                 conn.execute("UPDATE people SET name = name || ' (changed)' WHERE id % 100 = 0")
             sink.received.clear()
-            second_s, _, second_written = timed_run(workspace_id, sync_id)
+            second_s, _, second_written, _ = timed_run(workspace_id, sync_id)
             sent = sum(len(b.records) for b in sink.received)
             peak = worker.peak_rss_mb()
         finally:
@@ -304,7 +321,7 @@ def bench_end_to_end(rows: int, workspace_id: str, workdir: Path, concurrency: i
         Row(f"plain loop, {rows:,} rows, DuckDB → HTTP, {POST_SIZE}/POST", f"{baseline_rate:,.0f} rows/s",
             "", f"{baseline_s:.2f} s"),
         Row(f"retl end to end (trigger → succeeded), worker concurrency {concurrency}",
-            f"{retl_rate:,.0f} rows/s", "", f"{retl_s:.2f} s"),
+            f"{retl_rate:,.0f} rows/s", "", f"{retl_s:.2f} s; {timeline}"),
         Row("  ratio retl / plain loop", f"{retl_rate / baseline_rate:.2f}", "≥ 0.9"),
         Row("second run after a 1% change", f"{second_s:.2f} s", "< 1 s",
             f"{sent:,} sent, {second_written:,} written"),
