@@ -103,7 +103,51 @@ class BatchReport:
 
 
 class ClaimLost(Exception):
-    pass
+    """Another worker holds the batch now: this one must not record anything for it."""
+
+
+# A batch whose claim expired this many times mid-write ends its run instead of looping.
+MAX_BATCH_ATTEMPTS = 5
+
+
+class ClaimKeeper:
+    """Renews a batch's claim in the background while its write runs, so a slow vendor call
+    (a Salesforce bulk job polls for minutes) never lets the reaper hand the batch to a second
+    worker; `check` (before each attempt) stops a worker whose claim was taken anyway."""
+
+    def __init__(self, run_id: str, batch_no: int, attempts: int, claim_s: float) -> None:
+        self.run_id, self.batch_no, self.attempts, self.claim_s = run_id, batch_no, attempts, claim_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"claim-{run_id}-{batch_no}", daemon=True
+        )
+
+    def __enter__(self) -> ClaimKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.claim_s / 3):
+            try:
+                with transaction() as conn:
+                    held = repo.renew_claim(
+                        conn, self.run_id, self.batch_no, self.attempts, self.claim_s
+                    )
+            except psycopg.Error as exc:  # a blip: the next renewal tries again, within the claim
+                log.warning("renewing the claim of %s/%s failed: %s", self.run_id, self.batch_no, exc)
+                continue
+            if not held:
+                self.lost.set()
+                return
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise ClaimLost(f"{self.run_id}/{self.batch_no}")
 
 
 class _Stale(Exception):
@@ -138,24 +182,21 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
         return _finish(run_id, token, claimed, failures, status="done",
                        abort=("UNKNOWN", message), total=len(records))
     key_field = _key_field(sync)
-
-    attempts = 0
-
-    def renew() -> None:
-        nonlocal attempts
-        attempts += 1
-        if attempts == 1:
-            return  # the claim was just taken
-        with transaction() as conn:
-            if not repo.renew_claim(conn, run_id, batch_no, claimed.attempts, claim_s):
-                raise ClaimLost(f"{run_id}/{batch_no}")
+    if claimed.attempts > MAX_BATCH_ATTEMPTS:
+        # Every earlier claim died mid-write (a worker killed by this batch, say): stop
+        # handing it to the next worker and end the run with the reason.
+        message = f"batch {batch_no} was abandoned after {claimed.attempts - 1} interrupted writes"
+        failures = [repo.Failure(r.key, r.key, "UNKNOWN", message) for r in records]
+        return _finish(run_id, token, claimed, failures, status="done",
+                       abort=("UNKNOWN", message), total=len(records))
 
     abort: tuple[str, str] | None = None
     try:
-        outcome = write_with_retries(
-            destination, limiter, object_name=sync.object_name, operation=claimed.operation,
-            key_field=key_field, records=records, before_attempt=renew,
-        )
+        with ClaimKeeper(run_id, batch_no, claimed.attempts, claim_s) as keeper:
+            outcome = write_with_retries(
+                destination, limiter, object_name=sync.object_name, operation=claimed.operation,
+                key_field=key_field, records=records, before_attempt=keeper.check,
+            )
         results = outcome.results
         if outcome.error is not None:
             abort = _abort_reason(outcome.error)
@@ -165,6 +206,11 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
         abort = _abort_reason(exc)
         code = "AUTH" if isinstance(exc, AuthError) else exc.code
         results = [RecordResult.failure(code, exc.message)] * len(records)
+    except Exception as exc:  # a connector's bug must end the run, not loop through the reaper
+        log.exception("run %s batch %s: the connector failed", run_id, batch_no)
+        message = f"the destination connector failed: {type(exc).__name__}: {exc}"
+        abort = ("UNKNOWN", message)
+        results = [RecordResult.failure("UNKNOWN", message)] * len(records)
     failures = [
         repo.Failure(record.key, record.key, result.code or "UNKNOWN",
                      result.message or "refused by the destination")

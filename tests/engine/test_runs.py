@@ -409,3 +409,45 @@ def test_a_batch_whose_lease_or_claim_is_lost_while_writing_records_nothing(
     assert report.status == "stale"
     assert sink.record_count > 0  # sent, but the outcome is the new holder's to record
     assert _record_state(rid, batch_no) == ("running", 0, 0, 0)
+
+
+def test_a_slow_write_keeps_its_claim_so_the_reaper_does_not_resend_it(
+    driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch
+) -> None:
+    import dataclasses
+    import time
+
+    from shared.settings import get_settings
+
+    short = dataclasses.replace(get_settings(), lease_seconds=0.6)
+    monkeypatch.setattr(driver.engine, "get_settings", lambda: short)
+    slow_write = driver.engine.write_with_retries
+    reaped = []
+
+    def write_slowly(*args, **kwargs):
+        time.sleep(1.5)  # more than two claims' length: only renewals keep it
+        reaped.append(driver.engine.reap().batches_enqueued)
+        return slow_write(*args, **kwargs)
+
+    monkeypatch.setattr(driver.engine, "write_with_retries", write_slowly)
+    warehouse.insert(5)
+    setup = people_sync()
+    run = driver.run(setup)
+    assert run.status == "succeeded", run.error
+    assert reaped == [0]
+    assert sink.record_count == 5 and len(sink.received) == 1
+
+
+def test_a_connector_that_crashes_ends_the_run_instead_of_looping(
+    driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch
+) -> None:
+    from connectors.destinations.http import HttpDestination
+
+    def crash(self, *args, **kwargs):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(HttpDestination, "write_batch", crash)
+    warehouse.insert(5)
+    run = driver.run(people_sync())
+    assert run.status == "failed"
+    assert "TypeError" in run.error
