@@ -768,11 +768,14 @@ def current_token(conn: psycopg.Connection, run_id: str) -> int | None:
 
 
 def stale_queued_runs(conn: psycopg.Connection, older_than_s: float) -> list[str]:
-    """Queued runs whose doorbell may have been lost (never sent, or sent long ago)."""
+    """Queued runs whose doorbell may have been lost (never sent, or sent long ago). A run
+    queued behind a running run of its sync is left alone: its own message is waiting (it
+    retries until the sync is free), and ringing again would start a second waiting chain."""
     rows = conn.execute(
-        "SELECT id FROM runs WHERE status = 'queued' AND NOT cancel_requested"
-        " AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => %s))"
-        " ORDER BY id LIMIT 500",
+        "SELECT q.id FROM runs q WHERE q.status = 'queued' AND NOT q.cancel_requested"
+        " AND (q.enqueued_at IS NULL OR q.enqueued_at < now() - make_interval(secs => %s))"
+        " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.sync_id = q.sync_id AND r.status = 'running')"
+        " ORDER BY q.id LIMIT 500",
         (older_than_s,),
     ).fetchall()
     return [row[0] for row in rows]

@@ -73,3 +73,18 @@ def test_one_run_per_sync_at_a_time(driver: EngineDriver, people_sync, warehouse
     driver.drain()
     assert get_run(first).status == "succeeded"
     assert driver.execute(second).status == "succeeded"
+
+
+def test_a_run_queued_behind_a_running_one_is_not_rung_again_until_the_sync_is_free(
+    driver: EngineDriver, people_sync, warehouse: Warehouse, monkeypatch
+) -> None:
+    warehouse.insert(3)
+    setup = people_sync()
+    first = driver.trigger(setup)
+    with transaction() as conn:
+        repo.take_lease(conn, first, "a-busy-worker", 60)
+    second = driver.trigger(setup)
+    rung: list[str] = []
+    monkeypatch.setattr(driver.dispatch, "enqueue_run", rung.append)
+    driver.engine.reap()
+    assert second not in rung  # its own message is still waiting for the sync
