@@ -142,3 +142,9 @@ def run_with_faults_on_writes(
     fake.fail_next(status, body, headers, times=times)
     engine_driver.drain()
     return get_run(run_id)
+
+
+def resolutions(client: FlaskClient, key: str, setup: SyncSetup) -> dict[str, str]:
+    """Record key → resolution of the sync's resolved DLQ entries."""
+    resolved = dlq_entries(client, key, setup, resolved=True)
+    return {record_key: entry["resolution"] for record_key, entry in resolved.items()}
