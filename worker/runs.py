@@ -9,8 +9,10 @@ delivered twice, or a worker that lost its lease, never records anything twice."
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,43 +113,94 @@ MAX_BATCH_ATTEMPTS = 5
 
 
 class ClaimKeeper:
-    """Renews a batch's claim in the background while its write runs, so a slow vendor call
-    (a Salesforce bulk job polls for minutes) never lets the reaper hand the batch to a second
-    worker; `check` (before each attempt) stops a worker whose claim was taken anyway."""
+    """Keeps a batch's claim while its write runs, so a slow vendor call (a Salesforce bulk job
+    polls for minutes) never lets the reaper hand the batch to a second worker; `check` (before
+    each attempt) stops a worker whose claim was taken anyway. The renewing is done by the
+    process's one `_ClaimRenewer` thread: a thread started per batch costs more than most
+    batches' writes take."""
 
     def __init__(self, run_id: str, batch_no: int, attempts: int, claim_s: float) -> None:
         self.run_id, self.batch_no, self.attempts, self.claim_s = run_id, batch_no, attempts, claim_s
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"claim-{run_id}-{batch_no}", daemon=True
-        )
+        self.renew_at = 0.0
 
     def __enter__(self) -> ClaimKeeper:
-        self._thread.start()
+        _renewer().hold(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        _renewer().release(self)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.claim_s / 3):
-            try:
-                with transaction() as conn:
-                    held = repo.renew_claim(
-                        conn, self.run_id, self.batch_no, self.attempts, self.claim_s
-                    )
-            except psycopg.Error as exc:  # a blip: the next renewal tries again, within the claim
-                log.warning("renewing the claim of %s/%s failed: %s", self.run_id, self.batch_no, exc)
-                continue
-            if not held:
-                self.lost.set()
-                return
+    def renew(self) -> bool:
+        """Extend the claim; False once another claim holds the batch (or it is finished)."""
+        with transaction() as conn:
+            return repo.renew_claim(conn, self.run_id, self.batch_no, self.attempts, self.claim_s)
 
     def check(self) -> None:
         if self.lost.is_set():
             raise ClaimLost(f"{self.run_id}/{self.batch_no}")
+
+
+class _ClaimRenewer:
+    """One thread per process renewing every claim held by that process a third of a claim's
+    length after its last renewal. A claim whose renewal finds it taken is marked lost."""
+
+    def __init__(self) -> None:
+        self._held: set[ClaimKeeper] = set()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="claim-renewer", daemon=True)
+        self._thread.start()
+
+    def hold(self, keeper: ClaimKeeper) -> None:
+        with self._changed:
+            keeper.renew_at = time.monotonic() + keeper.claim_s / 3
+            self._held.add(keeper)
+            self._changed.notify()
+
+    def release(self, keeper: ClaimKeeper) -> None:
+        with self._changed:
+            self._held.discard(keeper)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [k for k in self._held if k.renew_at <= now]
+                if not due:
+                    wait = min((k.renew_at for k in self._held), default=now + 60.0) - now
+                    self._changed.wait(timeout=wait)
+                    continue
+            for keeper in due:
+                self._renew(keeper)
+
+    def _renew(self, keeper: ClaimKeeper) -> None:
+        try:
+            held = keeper.renew()
+        except psycopg.Error as exc:  # a blip: the next renewal tries again, within the claim
+            log.warning("renewing the claim of %s/%s failed: %s",
+                        keeper.run_id, keeper.batch_no, exc)
+            held = True
+        with self._changed:
+            if keeper not in self._held:
+                return  # its write ended meanwhile
+            if held:
+                keeper.renew_at = time.monotonic() + keeper.claim_s / 3
+            else:
+                keeper.lost.set()
+                self._held.discard(keeper)
+
+
+_renewer_of_process: tuple[int, _ClaimRenewer] | None = None
+_renewer_lock = threading.Lock()
+
+
+def _renewer() -> _ClaimRenewer:
+    """This process's renewer; a forked child (a prefork worker) starts its own."""
+    global _renewer_of_process
+    with _renewer_lock:
+        if _renewer_of_process is None or _renewer_of_process[0] != os.getpid():
+            _renewer_of_process = (os.getpid(), _ClaimRenewer())
+        return _renewer_of_process[1]
 
 
 class _Stale(Exception):

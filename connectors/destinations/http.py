@@ -73,18 +73,44 @@ _TYPE_ALIASES = {
     "array": "json",
 }
 
-def _json_value(value: Any) -> Any:
-    """What JSON cannot hold as it is, in its usual JSON form: ISO 8601 for dates and times,
-    numbers for decimals, text for anything else (a UUID), so a stray type never fails a batch."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
-            return value.replace(tzinfo=None).isoformat() + "Z"
+def _json_datetime(value: dt.datetime) -> str:
+    if value.tzinfo is None:
         return value.isoformat()
+    text = value.isoformat()  # the cheapest way to UTC's "Z" form when the offset is zero
+    if text.endswith("+00:00"):
+        return text[:-6] + "Z"
+    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+def _json_decimal(value: decimal.Decimal) -> int | float:
+    if value.is_finite():
+        numerator, denominator = value.as_integer_ratio()
+        if denominator == 1:
+            return numerator
+    return float(value)
+
+
+_JSON_FORMS: dict[type, Any] = {
+    dt.datetime: _json_datetime,
+    dt.date: dt.date.isoformat,
+    decimal.Decimal: _json_decimal,
+}
+
+
+def _json_value(value: Any) -> Any:
+    """What JSON cannot hold as it is, in its usual JSON form: ISO 8601 for dates and times
+    (UTC with "Z" when aware), numbers for decimals, text for anything else (a UUID), so a
+    stray type never fails a batch. Looked up by exact type first: it runs once per such value
+    of every record sent."""
+    form = _JSON_FORMS.get(type(value))
+    if form is not None:
+        return form(value)
+    if isinstance(value, dt.datetime):
+        return _json_datetime(value)
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() and value.is_finite() else float(value)
+        return _json_decimal(value)
     return str(value)
 
 

@@ -367,3 +367,40 @@ def test_values_without_a_json_type_go_out_in_their_usual_json_form(sink):
     assert sink.received[-1].records == [
         {"id": 1, "at": "2025-01-02T01:04:05Z", "day": "2025-01-02", "score": 1.5, "count": 3}
     ]
+
+
+def test_dates_and_decimals_of_every_kind_have_one_json_form(sink):
+    import datetime as dt
+    import decimal
+    import uuid
+    import zoneinfo
+
+    destination = make(sink.url)
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    fields = {
+        "id": 1,
+        "utc": dt.datetime(2025, 1, 2, 3, 4, 5, 600, tzinfo=dt.UTC),
+        "etc_utc": dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=zoneinfo.ZoneInfo("Etc/UTC")),
+        "summer": dt.datetime(2025, 7, 1, 12, 0, tzinfo=berlin),
+        "winter": dt.datetime(2025, 1, 1, 0, 30, tzinfo=berlin),
+        "naive": dt.datetime(2025, 1, 2, 3, 4, 5),
+        "day": dt.date(2025, 1, 2),
+        "whole": decimal.Decimal("1250.00"),
+        "negative": decimal.Decimal("-0.125"),
+        "big": decimal.Decimal("12345678901234567890"),
+        "tag": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    }
+    destination.write_batch("records", "upsert", "id", [Record("1", fields)])
+    assert sink.received[-1].records == [{
+        "id": 1,
+        "utc": "2025-01-02T03:04:05.000600Z",
+        "etc_utc": "2025-01-02T03:04:05Z",
+        "summer": "2025-07-01T10:00:00Z",
+        "winter": "2024-12-31T23:30:00Z",
+        "naive": "2025-01-02T03:04:05",
+        "day": "2025-01-02",
+        "whole": 1250,
+        "negative": -0.125,
+        "big": 12345678901234567890,
+        "tag": "12345678-1234-5678-1234-567812345678",
+    }]
