@@ -451,3 +451,45 @@ def test_a_connector_that_crashes_ends_the_run_instead_of_looping(
     run = driver.run(people_sync())
     assert run.status == "failed"
     assert "TypeError" in run.error
+
+
+def test_one_renewer_keeps_every_claim_of_its_process_and_notices_a_lost_one(
+    driver: EngineDriver,
+) -> None:
+    import time
+
+    from worker.runs import ClaimKeeper, ClaimLost
+
+    with transaction() as conn:
+        for batch_no in (1, 2):
+            conn.execute(
+                "INSERT INTO run_batches (run_id, batch_no, operation, record_keys, payload,"
+                " status, attempts, claimed_until)"
+                " VALUES ('run_renewed', %s, 'upsert', '{}', ''::bytea, 'running', 1,"
+                " now() + interval '0.6 seconds')", (batch_no,),
+            )
+
+    def claimed_until_in_future() -> dict[int, bool]:
+        with transaction() as conn:
+            rows = conn.execute(
+                "SELECT batch_no, claimed_until > now() FROM run_batches"
+                " WHERE run_id = 'run_renewed' ORDER BY batch_no"
+            ).fetchall()
+        return dict(rows)
+
+    with ClaimKeeper("run_renewed", 1, 1, 0.6) as first, \
+            ClaimKeeper("run_renewed", 2, 1, 0.6) as second:
+        time.sleep(1.3)  # two claims' length: only renewals keep them
+        assert claimed_until_in_future() == {1: True, 2: True}
+        with transaction() as conn:  # the reaper handed batch 2 to another worker
+            conn.execute(
+                "UPDATE run_batches SET attempts = 2 WHERE run_id = 'run_renewed' AND batch_no = 2"
+            )
+        deadline = time.monotonic() + 2
+        while not second.lost.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(ClaimLost):
+            second.check()
+        first.check()
+        time.sleep(0.5)
+        assert claimed_until_in_future()[1] is True
