@@ -98,6 +98,11 @@ def plan_for(raw: list[dict[str, Any]], columns: list[str], *, object_name: str,
     )
 
 
+# Values JSON holds as they are (lists and dicts may hold others: the destination's encoder
+# gives those their JSON form when it meets them).
+_JSON_TYPES = frozenset({str, int, float, bool, type(None), list, dict})
+
+
 class RecordBuilder:
     """Turns source rows (key text, *read_columns) into destination field dicts.
 
@@ -126,12 +131,16 @@ class RecordBuilder:
         self._columns = plan.read_columns
         self._needs_row_dict = any(kind == "template" for kind, *_ in self._steps)
         self._format = destination.format_value
+        self._json_form = destination.json_form
         plain = all(kind == "column" and field is None for kind, _, _, field in self._steps)
         names = [name for _, name, _, _ in self._steps]
         if plain and len(set(names)) == len(names) and len(names) > 1:
             self._names: list[str] | None = names
             self._pick = operator.itemgetter(*(how for _, _, how, _ in self._steps))
-            self.build = self._build_plain  # type: ignore[method-assign]
+            if self._json_form is None:
+                self.build = self._build_plain  # type: ignore[method-assign]
+            else:
+                self.build = self._build_plain_json  # type: ignore[method-assign]
         else:
             self._names = None
 
@@ -142,6 +151,11 @@ class RecordBuilder:
 
     def _build_plain(self, row: tuple) -> dict[str, Any]:
         return dict(zip(self._names, self._pick(row), strict=True))  # type: ignore[arg-type]
+
+    def _build_plain_json(self, row: tuple) -> dict[str, Any]:
+        form = self._json_form
+        values = [v if type(v) in _JSON_TYPES else form(v) for v in self._pick(row)]  # type: ignore[misc]
+        return dict(zip(self._names, values, strict=True))  # type: ignore[arg-type]
 
     def build(self, row: tuple) -> dict[str, Any]:
         record: dict[str, Any] = {}
@@ -164,5 +178,7 @@ class RecordBuilder:
                     value = self._format(cast_value(value, field.data_type), field)
                 except CastError as exc:
                     raise RecordMappingError(f"field {name!r}: {exc}") from None
+            if self._json_form is not None and type(value) not in _JSON_TYPES:
+                value = self._json_form(value)
             record[name] = value
         return record

@@ -27,6 +27,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import requests
@@ -177,6 +178,7 @@ class HttpDestination(Destination):
     batch_size: ClassVar[int] = 100
     rate_limit_per_second: ClassVar[float] = 1000.0
     max_concurrency: ClassVar[int] = 8
+    json_form: ClassVar[Callable[[Any], Any] | None] = staticmethod(_json_value)
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
