@@ -115,6 +115,47 @@ def test_duckdb_columns_streams_and_hashes(duck_file: str) -> None:
     assert sorted(rows) == [("2", "user2@example.com"), ("20", "user20@example.com")]
 
 
+def test_duckdb_decimals_and_timestamptz_read_as_duckdb_gives_them(tmp_path) -> None:
+    """Decimals and TIMESTAMPTZ are read as text and microseconds and rebuilt: the values are
+    DuckDB's own (timestamps as the same instant, in UTC), the hashes unchanged."""
+    import datetime as dt
+    import decimal
+
+    import duckdb
+
+    path = str(tmp_path / "typed.duckdb")
+    with duckdb.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE typed (id INTEGER, amount DECIMAL(10,2), wide DECIMAL(38,10),"
+            " seen_at TIMESTAMPTZ, plain TIMESTAMP)"
+        )
+        conn.execute(
+            "INSERT INTO typed VALUES"
+            " (1, 1250.00, 12345678901234567890.0123456789, '2025-01-02 03:04:05.123456+02',"
+            "  '2025-01-02 03:04:05'),"
+            " (2, -0.50, -0.0000000001, '1960-06-01 00:00:00.000001+00', NULL),"
+            " (3, NULL, NULL, NULL, NULL),"
+            " (4, 0, 0, 'infinity', NULL),"
+            " (5, 7.25, 1, '-infinity', NULL)"
+        )
+        native = conn.execute("SELECT * FROM typed ORDER BY id").fetchall()
+    source = DuckDbSource({"path": path})
+    query = "SELECT * FROM typed ORDER BY id"
+    columns = ["id", "amount", "wide", "seen_at", "plain"]
+    assert _all(source.stream(query)) == native
+    with_hashes = _all(source.stream_rows_with_hashes(query, "id", columns))
+    assert [row[2:] for row in with_hashes] == native
+    assert [row[:2] for row in with_hashes] == _all(source.stream_key_hashes(query, "id", columns))
+    by_key = _all(source.stream_rows_for_keys(query, "id", columns, ["2", "4"]))
+    assert [row[1:] for row in by_key] == [native[1], native[3]]
+    first = with_hashes[0]
+    assert type(first[3]) is decimal.Decimal and str(first[3]) == "1250.00"
+    assert str(first[4]) == "12345678901234567890.0123456789"
+    assert first[5] == dt.datetime(2025, 1, 2, 1, 4, 5, 123456, tzinfo=dt.UTC)
+    assert first[5].utcoffset() == dt.timedelta(0)
+    assert [row[5] for row in with_hashes[3:]] == [dt.datetime.max, dt.datetime.min]
+
+
 def test_duckdb_memory_reads_parquet_paths(tmp_path) -> None:
     import duckdb
 
