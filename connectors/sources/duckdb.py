@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import duckdb
@@ -39,49 +40,63 @@ def _statements(text: str) -> list[duckdb.Statement]:
 # Two types DuckDB turns into Python objects slowly — about 1.5 µs a DECIMAL and 1.7 µs a
 # TIMESTAMPTZ, most of a typical row's fetch — are read as text and as microseconds since the
 # epoch and built here in a fraction of that time. Values are the same; a TIMESTAMPTZ comes
-# back in UTC rather than in the worker's time zone. ±infinity come back as DuckDB gives them
-# (datetime.max and datetime.min), through a sentinel.
-_INFINITY_US = 2**63 - 1
+# back in UTC rather than in the worker's time zone. A timestamp Python cannot hold (±infinity,
+# a year past 9999) is read the way DuckDB gives it, from a column that is NULL otherwise.
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _datetime_from_us(micros: int) -> dt.datetime:
-    if micros == _INFINITY_US:
-        return dt.datetime.max
-    if micros == -_INFINITY_US:
-        return dt.datetime.min
     return _EPOCH + dt.timedelta(microseconds=micros)
 
 
-def _read_expression(column: str, type_name: str) -> tuple[str, Callable[[Any], Any] | None]:
-    """How to select `q.column` of DuckDB type `type_name`, and what rebuilds its value."""
+@dataclass(frozen=True)
+class _Read:
+    """How one column is selected: `expression`, and `build` to rebuild its value (None: as
+    fetched); `fallback`, an extra column with DuckDB's own value where `expression` is NULL."""
+
+    expression: str
+    build: Callable[[Any], Any] | None = None
+    fallback: str | None = None
+
+
+def _read_of(column: str, type_name: str) -> _Read:
     ref = f"q.{_quote(column)}"
     if type_name.startswith("DECIMAL"):
-        return f"CAST({ref} AS VARCHAR)", decimal.Decimal
+        return _Read(f"CAST({ref} AS VARCHAR)", decimal.Decimal)
     if type_name == "TIMESTAMP WITH TIME ZONE":
-        return (
-            f"CASE WHEN isinf({ref}) THEN (CASE WHEN {ref} > TIMESTAMPTZ '1970-01-01 00:00:00+00'"
-            f" THEN {_INFINITY_US} ELSE -{_INFINITY_US} END) ELSE epoch_us({ref}) END",
-            _datetime_from_us,
+        in_range = (
+            f"{ref} BETWEEN TIMESTAMPTZ '0001-01-01 00:00:00+00'"
+            f" AND TIMESTAMPTZ '9999-12-31 23:59:59.999999+00'"
         )
-    return ref, None
+        return _Read(
+            f"CASE WHEN {in_range} THEN epoch_us({ref}) END", _datetime_from_us,
+            f"CASE WHEN NOT ({in_range}) THEN {ref} END",
+        )
+    return _Read(ref)
 
 
 def _rebuilder(
-    builders: list[Callable[[Any], Any] | None], offset: int
+    reads: list[_Read], offset: int, width: int
 ) -> Callable[[list[tuple]], list[tuple]] | None:
-    """What turns a fetched chunk's text and microseconds back into values (None: nothing to)."""
-    positions = [(offset + i, build) for i, build in enumerate(builders) if build is not None]
+    """What turns a fetched chunk back into rows of `width` values: the read columns start at
+    `offset`, the fallback columns follow the `width` values."""
+    positions, fallback = [], width
+    for i, read in enumerate(reads):
+        if read.build is not None:
+            positions.append((offset + i, read.build, fallback if read.fallback else None))
+            fallback += 1 if read.fallback else 0
     if not positions:
         return None
 
     def rebuild(chunk: list[tuple]) -> list[tuple]:
         rows = []
         for fetched in chunk:
-            row = list(fetched)
-            for i, build in positions:
+            row = list(fetched[:width])
+            for i, build, extra in positions:
                 if row[i] is not None:
                     row[i] = build(row[i])
+                elif extra is not None:
+                    row[i] = fetched[extra]
             rows.append(tuple(row))
         return rows
 
@@ -221,15 +236,18 @@ class DuckDbSource(Source):
     def _read_columns(
         self, text: str, columns: list[str], offset: int
     ) -> tuple[list[str], Callable[[list[tuple]], list[tuple]] | None]:
-        """Select expressions for `columns` (named as the columns) and the chunk rebuilder for
-        rows in which they start at `offset`."""
+        """Select expressions for rows of `offset` leading values then `columns` (named as the
+        columns, fallbacks last), and what rebuilds the fetched chunks."""
         types = self._column_types(text)
-        expressions, builders = [], []
-        for column in columns:
-            expression, build = _read_expression(column, types.get(column, ""))
-            expressions.append(f"{expression} AS {_quote(column)}")
-            builders.append(build)
-        return expressions, _rebuilder(builders, offset)
+        reads = [_read_of(column, types.get(column, "")) for column in columns]
+        expressions = [
+            f"{read.expression} AS {_quote(column)}" for column, read in zip(columns, reads, strict=True)
+        ]
+        expressions += [
+            f"{read.fallback} AS {_quote('__retl_fallback_' + column)}"
+            for column, read in zip(columns, reads, strict=True) if read.fallback
+        ]
+        return expressions, _rebuilder(reads, offset, offset + len(columns))
 
     def stream(self, query: str, chunk_size: int = 10_000) -> Iterator[list[tuple]]:
         text = self._checked(query)

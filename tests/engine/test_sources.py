@@ -117,7 +117,8 @@ def test_duckdb_columns_streams_and_hashes(duck_file: str) -> None:
 
 def test_duckdb_decimals_and_timestamptz_read_as_duckdb_gives_them(tmp_path) -> None:
     """Decimals and TIMESTAMPTZ are read as text and microseconds and rebuilt: the values are
-    DuckDB's own (timestamps as the same instant, in UTC), the hashes unchanged."""
+    DuckDB's own (timestamps as the same instant, in UTC; out of Python's range as DuckDB gives
+    them), the hashes unchanged."""
     import datetime as dt
     import decimal
 
@@ -136,7 +137,8 @@ def test_duckdb_decimals_and_timestamptz_read_as_duckdb_gives_them(tmp_path) -> 
             " (2, -0.50, -0.0000000001, '1960-06-01 00:00:00.000001+00', NULL),"
             " (3, NULL, NULL, NULL, NULL),"
             " (4, 0, 0, 'infinity', NULL),"
-            " (5, 7.25, 1, '-infinity', NULL)"
+            " (5, 7.25, 1, '-infinity', NULL),"
+            " (6, 1, 1, '12000-01-01 00:00:00+00', NULL)"
         )
         native = conn.execute("SELECT * FROM typed ORDER BY id").fetchall()
     source = DuckDbSource({"path": path})
@@ -153,7 +155,10 @@ def test_duckdb_decimals_and_timestamptz_read_as_duckdb_gives_them(tmp_path) -> 
     assert str(first[4]) == "12345678901234567890.0123456789"
     assert first[5] == dt.datetime(2025, 1, 2, 1, 4, 5, 123456, tzinfo=dt.UTC)
     assert first[5].utcoffset() == dt.timedelta(0)
-    assert [row[5] for row in with_hashes[3:]] == [dt.datetime.max, dt.datetime.min]
+    # What Python cannot hold comes back as DuckDB itself gives it.
+    assert [row[5] for row in with_hashes[3:]] == [
+        dt.datetime.max, dt.datetime.min, "12000-01-01 00:00:00+00"
+    ]
 
 
 def test_duckdb_memory_reads_parquet_paths(tmp_path) -> None:
