@@ -176,7 +176,8 @@ class _ClaimRenewer:
     def _renew(self, keeper: ClaimKeeper) -> None:
         try:
             held = keeper.renew()
-        except psycopg.Error as exc:  # a blip: the next renewal tries again, within the claim
+        except Exception as exc:  # a blip (Postgres, the pool): try again, within the claim;
+            # the one renewer of the process must outlive any error, or every claim would lapse
             log.warning("renewing the claim of %s/%s failed: %s",
                         keeper.run_id, keeper.batch_no, exc)
             held = True

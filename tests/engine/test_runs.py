@@ -493,3 +493,35 @@ def test_one_renewer_keeps_every_claim_of_its_process_and_notices_a_lost_one(
         first.check()
         time.sleep(0.5)
         assert claimed_until_in_future()[1] is True
+
+
+def test_the_renewer_outlives_a_failed_renewal(driver: EngineDriver, monkeypatch) -> None:
+    import time
+
+    from worker.runs import ClaimKeeper
+
+    with transaction() as conn:
+        conn.execute(
+            "INSERT INTO run_batches (run_id, batch_no, operation, record_keys, payload,"
+            " status, attempts, claimed_until)"
+            " VALUES ('run_blip', 1, 'upsert', '{}', ''::bytea, 'running', 1,"
+            " now() + interval '0.6 seconds')"
+        )
+    real_renew = ClaimKeeper.renew
+    failures = []
+
+    def fails_once(self):
+        if not failures:
+            failures.append(self.batch_no)
+            raise RuntimeError("the pool is exhausted")
+        return real_renew(self)
+
+    monkeypatch.setattr(ClaimKeeper, "renew", fails_once)
+    with ClaimKeeper("run_blip", 1, 1, 0.6) as keeper:
+        time.sleep(1.0)  # the failed renewal at 0.2 s, then renewals at 0.4 s and on
+        keeper.check()
+        with transaction() as conn:
+            assert conn.execute(
+                "SELECT claimed_until > now() FROM run_batches WHERE run_id = 'run_blip'"
+            ).fetchone()[0]
+    assert failures == [1]
