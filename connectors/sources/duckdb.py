@@ -126,6 +126,7 @@ class DuckDbSource(Source):
         super().__init__(config, **options)
         self.path = str(config.get("path") or ":memory:")
         self._database: duckdb.DuckDBPyConnection | None = None
+        self._types: dict[str, dict[str, str]] = {}  # query text -> its columns' types
         self._directories = [os.path.join(os.path.realpath(d), "") for d in self.allowed_directories]
         if self.path != ":memory:" and self._directories and not self._inside_allowed(self.path):
             raise ConnectorError(
@@ -222,7 +223,13 @@ class DuckDbSource(Source):
         return list(self._column_types(self._checked(query)))
 
     def _column_types(self, text: str) -> dict[str, str]:
-        """The checked query's columns and their DuckDB types, in order."""
+        """The checked query's columns and their DuckDB types, in order; bound once per query
+        (a run asks for its columns, then reads)."""
+        if text not in self._types:
+            self._types[text] = self._bind(text)
+        return self._types[text]
+
+    def _bind(self, text: str) -> dict[str, str]:
         conn = self._connect()
         try:
             # LIMIT 0: DuckDB binds the query and reports its columns without reading rows.
