@@ -148,6 +148,7 @@ class _ClaimRenewer:
     def __init__(self) -> None:
         self._held: set[ClaimKeeper] = set()
         self._changed = threading.Condition()
+        self._wakes_at = 0.0  # when the thread wakes next, unless woken: set before it waits
         self._thread = threading.Thread(target=self._loop, name="claim-renewer", daemon=True)
         self._thread.start()
 
@@ -155,7 +156,11 @@ class _ClaimRenewer:
         with self._changed:
             keeper.renew_at = time.monotonic() + keeper.claim_s / 3
             self._held.add(keeper)
-            self._changed.notify()
+            # Woken only when this claim is due before the thread would wake anyway: batch
+            # after batch, a claim is held for less than a renewal's interval, and waking the
+            # thread for each would cost the writer a switch to it and back.
+            if keeper.renew_at < self._wakes_at:
+                self._changed.notify()
 
     def release(self, keeper: ClaimKeeper) -> None:
         with self._changed:
@@ -167,8 +172,8 @@ class _ClaimRenewer:
                 now = time.monotonic()
                 due = [k for k in self._held if k.renew_at <= now]
                 if not due:
-                    wait = min((k.renew_at for k in self._held), default=now + 60.0) - now
-                    self._changed.wait(timeout=wait)
+                    self._wakes_at = min((k.renew_at for k in self._held), default=now + 60.0)
+                    self._changed.wait(timeout=self._wakes_at - now)
                     continue
             for keeper in due:
                 self._renew(keeper)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 Operation = Literal["upsert", "insert", "update", "delete"]
 
@@ -31,10 +31,11 @@ class DestinationField:
     external_id: bool = False
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One record to send. `key` is the value of the key mapping (as text); `fields` are the
-    destination field values, already mapped and cast. For deletes `fields` holds only the key."""
+    destination field values, already mapped and cast. For deletes `fields` holds only the key.
+    A named tuple: a writer builds one per record of every batch, at a third of the cost of a
+    frozen dataclass."""
 
     key: str
     fields: dict[str, Any]

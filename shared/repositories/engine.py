@@ -551,20 +551,24 @@ def claim_batch_fenced(
 ) -> FencedClaim | None:
     """`claim_batch` for the holder of `token`, in one statement: None when the token is stale
     or the batch is finished or held by another worker. The claim only marks who writes the
-    batch; its outcome is fenced again when recorded (`fence_last`)."""
-    row = conn.execute(
-        "UPDATE run_batches b SET status = 'running', attempts = b.attempts + 1,"
-        " claimed_by = %s, claimed_until = now() + make_interval(secs => %s)"
-        " FROM runs r, run_progress p"
-        " WHERE b.run_id = %s AND b.batch_no = %s AND (b.status = 'pending'"
-        "  OR (b.status = 'running' AND b.claimed_until < now()))"
-        " AND r.id = b.run_id AND r.fencing_token = %s AND r.status = 'running'"
-        " AND p.run_id = b.run_id"
-        " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts,"
-        " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL,"
-        " p.snapshot_was_empty",
-        (owner, claim_seconds, run_id, batch_no, token),
-    ).fetchone()
+    batch; its outcome is fenced again when recorded (`fence_last`).
+
+    Answered in binary: the payload comes back as stored, not as hex text that Postgres writes
+    out and psycopg reads back, both for every byte of it."""
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(
+            "UPDATE run_batches b SET status = 'running', attempts = b.attempts + 1,"
+            " claimed_by = %s, claimed_until = now() + make_interval(secs => %s)"
+            " FROM runs r, run_progress p"
+            " WHERE b.run_id = %s AND b.batch_no = %s AND (b.status = 'pending'"
+            "  OR (b.status = 'running' AND b.claimed_until < now()))"
+            " AND r.id = b.run_id AND r.fencing_token = %s AND r.status = 'running'"
+            " AND p.run_id = b.run_id"
+            " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts,"
+            " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL,"
+            " p.snapshot_was_empty",
+            (owner, claim_seconds, run_id, batch_no, token),
+        ).fetchone()
     if row is None:
         return None
     return FencedClaim(ClaimedBatch(*row[:5]), bool(row[5]), bool(row[6]), bool(row[7]))
