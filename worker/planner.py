@@ -222,11 +222,12 @@ def _pack_in_one_pass(
     sync = context.sync
     with db.connect() as pg:
         repo.create_seen(pg)
-        if repo.snapshot_is_empty(pg, sync.id):
+        snapshot_empty = repo.snapshot_is_empty(pg, sync.id)
+        if snapshot_empty:
             repo.mark_snapshot_empty(pg, context.run_id)
             repo.fence_last(pg, context.run_id, context.token)
         pg.commit()
-        with OnePassPacker(context, destination, pg) as packer:
+        with OnePassPacker(context, destination, pg, snapshot_empty=snapshot_empty) as packer:
             # Chunks of one batch: the first batch goes out as soon as its rows are read.
             # Closed on the way out, error or not: the stream holds the source's transaction,
             # which a traceback kept alive (a logged failure) would otherwise keep open.
@@ -420,11 +421,15 @@ class OnePassPacker(BatchPacker):
     while Postgres stores the last one. Use as a context manager: leaving it stops the
     thread."""
 
-    def __init__(self, context: RunContext, destination: Destination, pg: psycopg.Connection) -> None:
+    def __init__(
+        self, context: RunContext, destination: Destination, pg: psycopg.Connection, *,
+        snapshot_empty: bool = False,
+    ) -> None:
         super().__init__(context, destination, 0)
         sync = context.sync
         self.operation = "upsert" if sync.sync_mode == "mirror" else sync.sync_mode
         self.pg = pg
+        self.snapshot_empty = snapshot_empty  # when planning began: every fresh key is added
         self.read = 0
         self.null_keys = 0
         self.duplicates: dict[str, int] = {}
@@ -566,11 +571,13 @@ class OnePassPacker(BatchPacker):
         until a key turns out to be seen already (the rest of the run then checks)."""
         if not self._keys_repeat:
             try:
-                return repo.stage_rows_and_batch(conn, keys_unseen=True, **rows)
+                return repo.stage_rows_and_batch(
+                    conn, keys_unseen=True, snapshot_empty=self.snapshot_empty, **rows
+                )
             except psycopg.errors.UniqueViolation:
                 conn.rollback()  # nothing else is in this transaction yet
                 self._keys_repeat = True
-        return repo.stage_rows_and_batch(conn, **rows)
+        return repo.stage_rows_and_batch(conn, snapshot_empty=self.snapshot_empty, **rows)
 
     def _first_occurrences(
         self, rows: list[tuple[str, str, dict[str, Any] | None, str | None]],

@@ -333,6 +333,7 @@ def stage_rows_and_batch(
     conn: psycopg.Connection, *, run_id: str, sync_id: str, operation: str, keys: list[str],
     hashes: list[str], batch_no: int | None, batch_keys: list[str] | None,
     batch_hashes: list[str] | None, payload: bytes | None, keys_unseen: bool = False,
+    snapshot_empty: bool = False,
 ) -> StagedRows:
     """One pass over the source, for rows that all go out: mark their keys seen (`create_seen`,
     same session), classify them against the snapshot and store their batch with its content
@@ -348,7 +349,25 @@ def stage_rows_and_batch(
     `keys_unseen`: the caller expects none of the keys to be seen yet (no duplicates so far),
     so they are inserted without the conflict check, which costs about a third of the
     statement; a key seen after all raises UniqueViolation, and the caller rolls back and
-    stages the rows again without it."""
+    stages the rows again without it.
+
+    `snapshot_empty`: the sync's snapshot was empty when this planning began (a first run), so
+    every key staged first is added and the snapshot is not looked up — about half of the
+    statement's work. It holds for the whole run: the snapshot gains only keys of this run's
+    batches, each of which the seen keys let through once."""
+    if snapshot_empty:
+        counts = " SELECT (SELECT count(*) FROM fresh), 0, 0,"
+    else:
+        counts = (
+            ", classified AS ("
+            " SELECT CASE WHEN p.record_key IS NULL THEN 'added'"
+            "  WHEN p.content_hash = f.content_hash THEN 'unchanged' ELSE 'changed' END AS change"
+            " FROM fresh f LEFT JOIN sync_snapshots p"
+            "  ON p.sync_id = %(sync)s AND p.record_key = f.record_key)"
+            " SELECT (SELECT count(*) FILTER (WHERE change = 'added') FROM classified),"
+            " (SELECT count(*) FILTER (WHERE change = 'changed') FROM classified),"
+            " (SELECT count(*) FILTER (WHERE change = 'unchanged') FROM classified),"
+        )
     row = conn.execute(
         "WITH fresh AS ("
         " INSERT INTO retl_seen (record_key, content_hash)"
@@ -361,16 +380,9 @@ def stage_rows_and_batch(
         "  payload)"
         " SELECT %(run)s, %(batch)s, %(op)s, coalesce(%(bkeys)b, %(keys)b),"
         "  coalesce(%(bhashes)b, %(hashes)b), %(payload)b"
-        " WHERE %(store)s AND (SELECT count(*) FROM fresh) = %(n)s RETURNING 1),"
-        " classified AS ("
-        " SELECT CASE WHEN p.record_key IS NULL THEN 'added'"
-        "  WHEN p.content_hash = f.content_hash THEN 'unchanged' ELSE 'changed' END AS change"
-        " FROM fresh f LEFT JOIN sync_snapshots p"
-        "  ON p.sync_id = %(sync)s AND p.record_key = f.record_key)"
-        " SELECT (SELECT count(*) FILTER (WHERE change = 'added') FROM classified),"
-        " (SELECT count(*) FILTER (WHERE change = 'changed') FROM classified),"
-        " (SELECT count(*) FILTER (WHERE change = 'unchanged') FROM classified),"
-        " (SELECT count(*) FROM stored) > 0,"
+        " WHERE %(store)s AND (SELECT count(*) FROM fresh) = %(n)s RETURNING 1)"
+        + counts
+        + " (SELECT count(*) FROM stored) > 0,"
         " (SELECT CASE WHEN count(*) < %(n)s THEN array_agg(record_key) END FROM fresh),"
         " set_config('synchronous_commit', 'off', true)",
         {"run": run_id, "sync": sync_id, "op": operation, "keys": keys, "hashes": hashes,
