@@ -17,6 +17,7 @@ class Settings:
     source_statement_timeout_s: float
     lease_seconds: float
     heartbeat_seconds: float
+    writer_follow_s: float
     beat_interval_s: float
     min_schedule_interval_s: float
     reaper_interval_s: float
@@ -56,6 +57,7 @@ def get_settings() -> Settings:
         source_statement_timeout_s=_float("RETL_SOURCE_STATEMENT_TIMEOUT", 1800),
         lease_seconds=_float("RETL_LEASE_SECONDS", 60),
         heartbeat_seconds=_float("RETL_HEARTBEAT_SECONDS", 10),
+        writer_follow_s=_float("RETL_WRITER_FOLLOW_SECONDS", 1.0),
         beat_interval_s=_float("RETL_BEAT_INTERVAL_SECONDS", 5),
         min_schedule_interval_s=_float("RETL_MIN_SCHEDULE_INTERVAL_SECONDS", 60),
         reaper_interval_s=_float("RETL_REAPER_INTERVAL_SECONDS", 30),

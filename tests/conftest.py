@@ -50,6 +50,9 @@ def _environment(database_url: str, redis_url: str) -> Iterator[None]:
         RETL_SECRET_KEY="test-secret-key",
         RETL_QUEUE=f"retl-test-{os.getpid()}",
         RETL_HOME=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"retl-test-home-{WORKER}"),
+        # A writer following a planner that stopped (a test's crash) waits this long for the
+        # next batch before it gives up.
+        RETL_WRITER_FOLLOW_SECONDS="0.3",
     )
     get_settings.cache_clear()
     yield

@@ -403,13 +403,23 @@ class BatchPacker:
                 )
             repo.add_failures(conn, run_id, self._failures)
             repo.fence_last(conn, run_id, token, failed=len(self._failures))
+            followed = batch_no is not None and _followed(conn, run_id, batch_no)
         self._records, self._failures = [], []
         if batch_no is not None:
-            self._dispatched(batch_no)
+            self._stored(batch_no, ring=not followed)
 
-    def _dispatched(self, batch_no: int) -> None:
+    def _stored(self, batch_no: int, *, ring: bool) -> None:
+        """Batch `batch_no` is committed: ring its doorbell unless a follower takes it."""
         self.batches = batch_no
-        dispatch.enqueue_batch(self.context.run_id, batch_no, self.context.token)
+        if ring:
+            dispatch.enqueue_batch(self.context.run_id, batch_no, self.context.token)
+
+
+def _followed(conn: psycopg.Connection, run_id: str, batch_no: int) -> bool:
+    """Whether a writer following the run takes the batch just stored (no doorbell then)."""
+    if get_settings().writer_follow_s <= 0:
+        return False  # writers do not follow: no promise can be held
+    return repo.stored_under_promise(conn, run_id, batch_no)
 
 
 class OnePassPacker(BatchPacker):
@@ -559,12 +569,13 @@ class OnePassPacker(BatchPacker):
                 conn, run_id, token, read=read, added=added, changed=changed,
                 unchanged=unchanged, failed=failed,
             )
+            followed = batch_no is not None and _followed(conn, run_id, batch_no)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
         if batch_no is not None:
-            self._dispatched(batch_no)
+            self._stored(batch_no, ring=not followed)
 
     def _stage_rows(self, conn: psycopg.Connection, **rows: Any) -> repo.StagedRows:
         """`repo.stage_rows_and_batch` as the statement's first: without the conflict check

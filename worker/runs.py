@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from connectors.destinations.base import Record, RecordResult
 from connectors.errors import AuthError, ConnectorError, RetryableError
+from shared import db
 from shared.db import transaction
 from shared.repositories import connections, dlq, runs, syncs
 from shared.repositories import engine as repo
@@ -216,16 +218,102 @@ class _Stale(Exception):
 
 def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
     """Claim batch `batch_no` of the run and write it; the batch that completes the run's last
-    finalizes it. Safe to call any number of times for the same batch."""
+    finalizes it. Safe to call any number of times for the same batch. While the run is still
+    being planned, the writer then follows the planner (`follow_planner`)."""
     claim_s = get_settings().lease_seconds
     with transaction() as conn, conn.pipeline():  # BEGIN travels with the claim
         fenced = repo.claim_batch_fenced(
             conn, run_id, batch_no, token, dispatch.worker_id(), claim_s
         )
-        if fenced is None:
-            return BatchReport("stale")
-        claimed, stop, has_hashes = fenced.batch, fenced.stop, fenced.has_hashes
-        new_keys = has_hashes and fenced.fresh_snapshot
+    report = BatchReport("stale") if fenced is None else _write_claimed(run_id, token, fenced)
+    follow_planner(run_id, token)
+    return report
+
+
+# How long one writer follows a run's planner at most before the run's batches are rung again.
+FOLLOW_AT_MOST_S = 30.0
+
+
+def follow_planner(run_id: str, token: int) -> int:
+    """While the run is being planned, take its batches as they are stored, most without their
+    doorbells (see "writers following the planner" in the engine's repository): promise to
+    follow, claim the run's pending batches in order, wait for the next one (a NOTIFY), and
+    withdraw the promise after `RETL_WRITER_FOLLOW_SECONDS` without one, or after following
+    for FOLLOW_AT_MOST_S. Once planning has ended, take what was left to followers, then stop.
+    The number of batches written."""
+    settings = get_settings()
+    follow_s = settings.writer_follow_s
+    if follow_s <= 0:
+        return 0
+    claim_s, owner = settings.lease_seconds, dispatch.worker_id()
+    with transaction() as conn:
+        if not repo.promise_to_follow(conn, run_id, token, follow_s):
+            return 0  # planning is over: every batch has its doorbell
+    written = 0
+    started = promised_at = idle_since = time.monotonic()
+    listener: psycopg.Connection | None = None
+    try:
+        while True:
+            taken = _write_next_pending(run_id, token, owner, claim_s)
+            written += taken
+            now = time.monotonic()
+            if taken:
+                idle_since = now
+            # After FOLLOW_AT_MOST_S the promise is no longer renewed (a promise of no time at
+            # all): the run's next batches queue with everyone else's again, so a long run does
+            # not keep a worker process to itself.
+            done_following = now - started >= FOLLOW_AT_MOST_S
+            if not taken or now - promised_at > follow_s / 3:
+                with transaction() as conn:
+                    following = repo.promise_to_follow(
+                        conn, run_id, token, 0.0 if done_following else follow_s
+                    )
+                promised_at = now
+                if not following:
+                    # Planning has ended (or the run is not this token's): no batch comes any
+                    # more, and every stored one is visible now. Take what is left, then stop.
+                    while _write_next_pending(run_id, token, owner, claim_s):
+                        written += 1
+                    return written
+            if taken:
+                continue
+            if done_following or now - idle_since >= follow_s:
+                with transaction() as conn:
+                    if repo.retire_follower(conn, run_id):
+                        return written
+                idle_since = now  # a batch was stored meanwhile: take it
+                continue
+            if listener is None:
+                # Listen, then look once more before waiting: nothing stored in between is
+                # missed.
+                listener = db.connect(autocommit=True)
+                listener.execute(
+                    sql.SQL("LISTEN {}").format(sql.Identifier(repo.followers_channel(run_id)))
+                )
+                continue
+            for _ in listener.notifies(timeout=follow_s - (now - idle_since), stop_after=1):
+                pass
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def _write_next_pending(run_id: str, token: int, owner: str, claim_s: float) -> int:
+    """Claim and write the run's first pending batch; 1 if there was one, else 0."""
+    with transaction() as conn, conn.pipeline():
+        fenced = repo.claim_next_pending(conn, run_id, token, owner, claim_s)
+    if fenced is None:
+        return 0
+    _write_claimed(run_id, token, fenced)
+    return 1
+
+
+def _write_claimed(run_id: str, token: int, fenced: repo.FencedClaim) -> BatchReport:
+    """Write a claimed batch and record what became of it."""
+    claimed, stop, has_hashes = fenced.batch, fenced.stop, fenced.has_hashes
+    new_keys = has_hashes and fenced.fresh_snapshot
+    batch_no = claimed.batch_no
+    claim_s = get_settings().lease_seconds
     if stop:
         return _finish(run_id, token, claimed, [], status="skipped")
     items: list[tuple[str, dict[str, Any]]] = pickle.loads(claimed.payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
@@ -146,7 +147,8 @@ def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
     conn.execute(
         "INSERT INTO run_progress (run_id) VALUES (%s) ON CONFLICT (run_id) DO UPDATE"
         " SET phase = 'planning', batches_total = NULL, batches_done = 0, abort_error = NULL,"
-        " abort_code = NULL, finished_at = NULL, snapshot_was_empty = false, updated_at = now()",
+        " abort_code = NULL, finished_at = NULL, snapshot_was_empty = false, writer_until = NULL,"
+        " updated_at = now()",
         (run_id,),
     )
 
@@ -557,33 +559,133 @@ class FencedClaim:
     fresh_snapshot: bool = False  # the snapshot was empty when the run was planned
 
 
+# The claim of one batch by the holder of a token: it only marks who writes the batch; its
+# outcome is fenced again when recorded (`record_batch`). Answered in binary: the payload comes
+# back as stored, not as hex text that Postgres writes out and psycopg reads back, both for
+# every byte of it.
+_CLAIM = (
+    "UPDATE run_batches b SET status = 'running', attempts = b.attempts + 1,"
+    " claimed_by = %(owner)s, claimed_until = now() + make_interval(secs => %(claim_s)s)"
+    " FROM runs r, run_progress p"
+    " WHERE b.run_id = %(run)s AND {which}"
+    " AND r.id = b.run_id AND r.fencing_token = %(token)s AND r.status = 'running'"
+    " AND p.run_id = b.run_id"
+    " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts,"
+    " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL,"
+    " p.snapshot_was_empty"
+)
+
+
+def _claim(conn: psycopg.Connection, which: str, params: dict[str, Any]) -> FencedClaim | None:
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(_CLAIM.format(which=which), params).fetchone()
+    if row is None:
+        return None
+    return FencedClaim(ClaimedBatch(*row[:5]), bool(row[5]), bool(row[6]), bool(row[7]))
+
+
 def claim_batch_fenced(
     conn: psycopg.Connection, run_id: str, batch_no: int, token: int, owner: str,
     claim_seconds: float,
 ) -> FencedClaim | None:
-    """`claim_batch` for the holder of `token`, in one statement: None when the token is stale
-    or the batch is finished or held by another worker. The claim only marks who writes the
-    batch; its outcome is fenced again when recorded (`fence_last`).
+    """Claim batch `batch_no` for the holder of `token`, in one statement: None when the token
+    is stale or the batch is finished or held by another worker (a claim that ran out is
+    taken over)."""
+    return _claim(
+        conn,
+        "b.batch_no = %(batch)s AND (b.status = 'pending'"
+        " OR (b.status = 'running' AND b.claimed_until < now()))",
+        {"owner": owner, "claim_s": claim_seconds, "run": run_id, "batch": batch_no,
+         "token": token},
+    )
 
-    Answered in binary: the payload comes back as stored, not as hex text that Postgres writes
-    out and psycopg reads back, both for every byte of it."""
-    with conn.cursor(binary=True) as cur:
-        row = cur.execute(
-            "UPDATE run_batches b SET status = 'running', attempts = b.attempts + 1,"
-            " claimed_by = %s, claimed_until = now() + make_interval(secs => %s)"
-            " FROM runs r, run_progress p"
-            " WHERE b.run_id = %s AND b.batch_no = %s AND (b.status = 'pending'"
-            "  OR (b.status = 'running' AND b.claimed_until < now()))"
-            " AND r.id = b.run_id AND r.fencing_token = %s AND r.status = 'running'"
-            " AND p.run_id = b.run_id"
-            " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts,"
-            " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL,"
-            " p.snapshot_was_empty",
-            (owner, claim_seconds, run_id, batch_no, token),
-        ).fetchone()
-    if row is None:
-        return None
-    return FencedClaim(ClaimedBatch(*row[:5]), bool(row[5]), bool(row[6]), bool(row[7]))
+
+# -- writers following the planner ---------------------------------------------------------------
+#
+# A writer that has written a batch of a run still being planned may follow the planner: it
+# promises (run_progress.writer_until) to take the batches stored from then on, the planner
+# stores those without ringing their doorbells (rung false) and wakes the follower with a
+# NOTIFY instead, and the follower claims the run's pending batches in order. A message costs
+# about 2 ms of CPU across the broker, Celery's parent and the pool process; a follower's
+# claim, a fraction. When batches wait for the followers, the planner rings again, so a slow
+# destination still gets as many writers as the fleet has.
+#
+# Safety: the planner decides under the progress row's lock (`stored_under_promise`), and a
+# follower withdraws its promise under the same lock after finding no batch left to it
+# (`retire_follower`): either it sees the batch, or the planner sees no promise and rings. A
+# follower that dies leaves its promise to run out; the reaper rings what it left.
+
+# Batches left to followers and not yet taken, beyond which the planner rings again.
+FOLLOWED_BACKLOG = 2
+
+
+def followers_channel(run_id: str) -> str:
+    return f"retl_batches_{run_id}"
+
+
+def stored_under_promise(conn: psycopg.Connection, run_id: str, batch_no: int) -> bool:
+    """In the planner's transaction that stored batch `batch_no`, after `fence_last`: True when
+    a writer follows the run and keeps up — the batch is left to it (no doorbell) and it is
+    woken at commit; False when the caller must ring the batch's doorbell."""
+    row = conn.execute(
+        "WITH promise AS ("
+        " SELECT writer_until > clock_timestamp() AS held FROM run_progress"
+        " WHERE run_id = %(run)s FOR UPDATE),"
+        " followed AS ("
+        " UPDATE run_batches SET rung = false FROM promise"
+        " WHERE promise.held AND run_id = %(run)s AND batch_no = %(batch)s"
+        " AND (SELECT count(*) FROM run_batches w"
+        "  WHERE w.run_id = %(run)s AND w.status = 'pending' AND NOT w.rung) < %(backlog)s"
+        " RETURNING 1)"
+        " SELECT count(*) FROM (SELECT pg_notify(%(channel)s, '') FROM followed) AS woken",
+        {"run": run_id, "batch": batch_no, "backlog": FOLLOWED_BACKLOG,
+         "channel": followers_channel(run_id)},
+    ).fetchone()
+    return bool(row[0])
+
+
+def claim_next_pending(
+    conn: psycopg.Connection, run_id: str, token: int, owner: str, claim_seconds: float
+) -> FencedClaim | None:
+    """The run's first pending batch, claimed for the holder of `token` (whether or not it was
+    rung: a doorbell that finds its batch taken costs little); None when there is none free
+    (or the token is stale)."""
+    return _claim(
+        conn,
+        "b.batch_no = (SELECT u.batch_no FROM run_batches u"
+        "  WHERE u.run_id = %(run)s AND u.status = 'pending'"
+        "  ORDER BY u.batch_no LIMIT 1 FOR UPDATE SKIP LOCKED) AND b.status = 'pending'",
+        {"owner": owner, "claim_s": claim_seconds, "run": run_id, "token": token},
+    )
+
+
+def promise_to_follow(conn: psycopg.Connection, run_id: str, token: int, seconds: float) -> bool:
+    """Promise to take the run's next batches for `seconds` from now; False (no promise) when
+    the run is no longer being planned by the holder of `token`."""
+    row = conn.execute(
+        "UPDATE run_progress p SET writer_until = now() + make_interval(secs => %s)"
+        " FROM runs r WHERE p.run_id = %s AND p.phase = 'planning'"
+        " AND r.id = p.run_id AND r.fencing_token = %s AND r.status = 'running'"
+        " RETURNING 1",
+        (seconds, run_id, token),
+    ).fetchone()
+    return row is not None
+
+
+def retire_follower(conn: psycopg.Connection, run_id: str) -> bool:
+    """Withdraw the run's promise unless a batch is left to followers; True when withdrawn (the
+    planner rings its next batch). The lock is taken before the look: a batch stored before it
+    is seen, and one stored after it finds no promise."""
+    conn.execute("SELECT 1 FROM run_progress WHERE run_id = %s FOR UPDATE", (run_id,))
+    left = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM run_batches"
+        " WHERE run_id = %s AND status = 'pending' AND NOT rung)",
+        (run_id,),
+    ).fetchone()[0]
+    if left:
+        return False
+    conn.execute("UPDATE run_progress SET writer_until = NULL WHERE run_id = %s", (run_id,))
+    return True
 
 
 def renew_claim(
@@ -664,6 +766,9 @@ def progress(conn: psycopg.Connection, run_id: str) -> Progress | None:
 
 
 def planning_done(conn: psycopg.Connection, run_id: str, batches_total: int) -> Progress:
+    """Every batch is stored: the run's phase moves on, and its followers are woken to take what
+    is left to them and stop."""
+    conn.execute("SELECT pg_notify(%s, '')", (followers_channel(run_id),))
     with conn.cursor(row_factory=class_row(Progress)) as cur:
         cur.execute(
             "UPDATE run_progress SET phase = 'writing', batches_total = %s, updated_at = now()"
@@ -815,14 +920,19 @@ class StrandedBatch:
 
 
 def stranded_batches(conn: psycopg.Connection, older_than_s: float) -> list[StrandedBatch]:
-    """Batches of running runs whose claimant stopped renewing its claim, or that have waited
-    unclaimed so long that their message was probably lost. Their enqueue time is reset."""
+    """Batches of running runs whose claimant stopped renewing its claim, that have waited
+    unclaimed so long that their message was probably lost, or that were left to a follower
+    whose promise ran out (it died, or it is busy with a long write). Their enqueue time is
+    reset and they are rung from now on."""
     with conn.cursor(row_factory=class_row(StrandedBatch)) as cur:
         cur.execute(
-            "UPDATE run_batches b SET enqueued_at = now() FROM runs r"
-            " WHERE r.id = b.run_id AND r.status = 'running' AND ("
+            "UPDATE run_batches b SET enqueued_at = now(), rung = true"
+            " FROM runs r, run_progress p"
+            " WHERE r.id = b.run_id AND r.status = 'running' AND p.run_id = b.run_id AND ("
             "  (b.status = 'running' AND b.claimed_until < now())"
-            "  OR (b.status = 'pending' AND b.enqueued_at < now() - make_interval(secs => %s)))"
+            "  OR (b.status = 'pending' AND b.enqueued_at < now() - make_interval(secs => %s))"
+            "  OR (b.status = 'pending' AND NOT b.rung"
+            "   AND (p.writer_until IS NULL OR p.writer_until < now())))"
             " RETURNING b.run_id, b.batch_no, r.fencing_token",
             (older_than_s,),
         )

@@ -1,0 +1,262 @@
+"""Writers following the planner: a writer of a run still being planned takes the batches
+stored after its own without their doorbells, gives up after RETL_WRITER_FOLLOW_SECONDS
+without one (the planner rings again), and neither side can leave a batch without a writer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import psycopg
+import pytest
+
+from connectors.sources.postgres import PostgresSource
+from shared import db
+from shared.db import transaction
+from shared.repositories import engine as repo
+from tests.engine.conftest import EngineDriver, Warehouse, get_run
+from tests.fakes.http_sink import FakeHttpSink
+
+
+def _sent(sink: FakeHttpSink) -> Counter[str]:
+    return Counter(str(r["external_id"]) for batch in sink.received for r in batch.records)
+
+
+def _slow_source(
+    monkeypatch: pytest.MonkeyPatch, pauses: dict[int, float], every: float,
+    gate: threading.Event | None = None,
+) -> None:
+    """The source yields a chunk every `every` seconds, waits `pauses[n]` before chunk n, and
+    holds its second chunk until `gate` is set."""
+    original = PostgresSource.stream_rows_with_hashes
+
+    def slow(self, *args, **kwargs):
+        for number, chunk in enumerate(original(self, *args, **kwargs)):
+            if number == 1 and gate is not None:
+                assert gate.wait(timeout=10)
+            time.sleep(pauses.get(number, every))
+            yield chunk
+
+    monkeypatch.setattr(PostgresSource, "stream_rows_with_hashes", slow)
+    monkeypatch.setattr("worker.planner.ROW_CHUNK", 10)
+
+
+def _plan_in_background(driver: EngineDriver, run_id: str) -> threading.Thread:
+    planner = threading.Thread(target=driver.engine.execute_run, args=(run_id,))
+    planner.start()
+    return planner
+
+
+def _first_doorbell(driver: EngineDriver, timeout_s: float = 10) -> tuple[str, int, int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with driver.lock:
+            if driver.pending:
+                return driver.pending.pop(0)
+        time.sleep(0.01)
+    raise AssertionError("the planner rang no doorbell")
+
+
+def _writer_until(run_id: str) -> object:
+    with transaction() as conn:
+        return conn.execute(
+            "SELECT writer_until FROM run_progress WHERE run_id = %s", (run_id,)
+        ).fetchone()[0]
+
+
+def _rung(run_id: str) -> dict[int, bool]:
+    with transaction() as conn:
+        return dict(conn.execute(
+            "SELECT batch_no, rung FROM run_batches WHERE run_id = %s ORDER BY batch_no",
+            (run_id,),
+        ).fetchall())
+
+
+def test_a_writer_follows_the_planner_and_takes_its_batches_without_doorbells(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse.insert(95)
+    promised = threading.Event()
+    # A batch every 0.08 s, well within the 0.3 s a follower waits; the second one only once
+    # the writer of the first has promised to follow.
+    _slow_source(monkeypatch, {}, every=0.08, gate=promised)
+    run_id = driver.trigger(people_sync())
+    planner = _plan_in_background(driver, run_id)
+    first = _first_doorbell(driver)
+    assert first[1] == 1
+    reports = []
+    writer = threading.Thread(target=lambda: reports.append(driver.engine.write_batch(*first)))
+    writer.start()  # writes batch 1, then follows to the end
+    deadline = time.monotonic() + 10
+    while _writer_until(run_id) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    promised.set()
+    planner.join(timeout=30)
+    writer.join(timeout=30)
+    assert [report.status for report in reports] == ["written"]
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert _sent(sink) == Counter(str(i) for i in range(1, 96))  # every row once
+    assert (run.rows_written, run.rows_failed) == (95, 0)
+    rung = _rung(run_id)
+    assert len(rung) == 10 and rung[1] is True
+    assert not any(rung[n] for n in range(2, 11)), "batches stored while it followed: no doorbell"
+    assert driver.pending == []
+
+
+def test_a_follower_gives_up_when_the_planner_pauses_and_the_planner_rings_again(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse.insert(60)
+    _slow_source(monkeypatch, {3: 1.2}, every=0.05)  # a pause of four follow periods
+    run_id = driver.trigger(people_sync())
+    planner = _plan_in_background(driver, run_id)
+    driver.engine.write_batch(*_first_doorbell(driver))  # returns once it has given up
+    assert _writer_until(run_id) is None  # the promise is withdrawn
+    planner.join(timeout=30)
+    rung = _rung(run_id)
+    assert rung[4] is True, "the first batch after the pause has its doorbell again"
+    assert 4 in [batch for _, batch, _ in driver.pending]
+    driver.drain()
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert _sent(sink) == Counter(str(i) for i in range(1, 61))
+
+
+def _batch(conn: psycopg.Connection, run_id: str, batch_no: int, *, rung: bool) -> None:
+    conn.execute(
+        "INSERT INTO run_batches (run_id, batch_no, operation, record_keys, payload, rung)"
+        " VALUES (%s, %s, 'upsert', '{}', ''::bytea, %s)",
+        (run_id, batch_no, rung),
+    )
+
+
+def _progress(conn: psycopg.Connection, run_id: str, promise_s: float | None) -> None:
+    conn.execute(
+        "INSERT INTO run_progress (run_id, writer_until)"
+        " VALUES (%s, now() + make_interval(secs => %s))",
+        (run_id, promise_s),
+    )
+
+
+@pytest.mark.parametrize(("promise_s", "left_to_followers", "followed"), [
+    (None, 0, False),  # nobody follows
+    (-1.0, 0, False),  # the follower's promise ran out (it died, or a write is taking long)
+    (5.0, 0, True),
+    (5.0, 1, True),
+    (5.0, 2, False),  # followers fall behind: more writers are needed, ring
+])
+def test_the_planner_leaves_a_batch_to_followers_only_under_a_live_promise_they_keep_up_with(
+    promise_s: float | None, left_to_followers: int, followed: bool,
+) -> None:
+    with transaction() as conn:
+        _progress(conn, "run_followed", promise_s)
+        for batch_no in range(1, left_to_followers + 1):
+            _batch(conn, "run_followed", batch_no, rung=False)
+    with db.connect(autocommit=True) as listener:
+        listener.execute(f'LISTEN "{repo.followers_channel("run_followed")}"')
+        with transaction() as conn:
+            _batch(conn, "run_followed", 9, rung=True)
+            assert repo.stored_under_promise(conn, "run_followed", 9) is followed
+        woken = list(listener.notifies(timeout=0.2, stop_after=1))
+    assert bool(woken) is followed
+    assert _rung("run_followed")[9] is (not followed)
+
+
+def test_a_follower_keeps_its_promise_while_a_batch_is_left_to_it() -> None:
+    with transaction() as conn:
+        _progress(conn, "run_followed", 5.0)
+        _batch(conn, "run_followed", 1, rung=True)  # has its doorbell: not the follower's
+        _batch(conn, "run_followed", 2, rung=False)
+    with transaction() as conn:
+        assert repo.retire_follower(conn, "run_followed") is False
+    assert _writer_until("run_followed") is not None
+    with transaction() as conn:
+        conn.execute("UPDATE run_batches SET status = 'done' WHERE batch_no = 2")
+    with transaction() as conn:
+        assert repo.retire_follower(conn, "run_followed") is True
+    assert _writer_until("run_followed") is None
+
+
+def test_a_batch_stored_while_the_follower_retires_is_seen_by_one_of_them() -> None:
+    """Both orders of the race, forced: the follower's look waits for the planner's commit, or
+    the planner's decision waits for the follower's withdrawal."""
+    with transaction() as conn:
+        _progress(conn, "run_followed", 5.0)
+
+    # The planner holds the lock first: the follower, once it gets it, sees the batch.
+    retired: list[bool] = []
+    with transaction() as planner:
+        _batch(planner, "run_followed", 1, rung=True)
+        assert repo.stored_under_promise(planner, "run_followed", 1) is True
+
+        def retire() -> None:
+            with transaction() as conn:
+                retired.append(repo.retire_follower(conn, "run_followed"))
+
+        follower = threading.Thread(target=retire)
+        follower.start()
+        time.sleep(0.3)
+        assert retired == [], "the follower waits for the planner's transaction"
+    follower.join(timeout=5)
+    assert retired == [False]
+
+    with transaction() as conn:
+        conn.execute("UPDATE run_batches SET status = 'done' WHERE batch_no = 1")
+
+    # The follower holds the lock first: the planner, once it gets it, finds no promise.
+    decided: list[bool] = []
+    with transaction() as follower_conn:
+        assert repo.retire_follower(follower_conn, "run_followed") is True
+
+        def store() -> None:
+            with transaction() as conn:
+                _batch(conn, "run_followed", 2, rung=True)
+                decided.append(repo.stored_under_promise(conn, "run_followed", 2))
+
+        planner_thread = threading.Thread(target=store)
+        planner_thread.start()
+        time.sleep(0.3)
+        assert decided == [], "the planner waits for the follower's transaction"
+    planner_thread.join(timeout=5)
+    assert decided == [False]
+    assert _rung("run_followed")[2] is True
+
+
+def test_the_reaper_rings_what_a_dead_follower_left_at_once(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:
+    warehouse.insert(30)
+    run_id = driver.trigger(people_sync())
+    driver.engine.execute_run(run_id)
+    driver.pending = [job for job in driver.pending if job[1] == 1]
+    with transaction() as conn:  # batches 2 and 3 were left to a follower that died
+        conn.execute(
+            "UPDATE run_batches SET rung = false WHERE run_id = %s AND batch_no IN (2, 3)",
+            (run_id,),
+        )
+        conn.execute(
+            "UPDATE run_progress SET writer_until = now() - interval '1 second' WHERE run_id = %s",
+            (run_id,),
+        )
+    report = driver.engine.reap()
+    assert report.batches_enqueued == 2
+    assert sorted(batch for _, batch, _ in driver.pending) == [1, 2, 3]
+    assert _rung(run_id) == {1: True, 2: True, 3: True}
+    driver.drain()
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert (run.rows_written, len(sink.store)) == (30, 30)
+
+
+def test_a_follower_hands_a_long_run_back_to_the_queue(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse.insert(95)
+    monkeypatch.setattr("worker.runs.FOLLOW_AT_MOST_S", 0.25)
+    _slow_source(monkeypatch, {}, every=0.08)
+    run_id = driver.trigger(people_sync())
+    planner = _plan_in_background(driver, run_id)
+    driver.engine.write_batch(*_first_doorbell(driver))  # follows a while, then stops
+    planner.join(timeout=30)
+    assert _writer_until(run_id) is None
+    rung = _rung(run_id)
+    assert rung[10] is True, "the run's last batches were rung again"
+    assert 10 in [batch for _, batch, _ in driver.pending]
+    driver.drain()
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert _sent(sink) == Counter(str(i) for i in range(1, 96))
