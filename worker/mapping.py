@@ -12,6 +12,7 @@ from typing import Any
 
 from connectors.casting import CastError, cast_value
 from connectors.destinations.base import Destination, DestinationField
+from connectors.json_forms import json_value
 from shared.templates import compile_template
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,13 @@ class RecordBuilder:
                 self.build = self._build_plain_json  # type: ignore[method-assign]
         else:
             self._names = None
+
+    @property
+    def takes_json_forms(self) -> bool:
+        """Whether rows may come with values already in their JSON form (`Source.reads_json_
+        forms`): every field is a plain column copy, with no cast or template that needs the
+        typed value, for a destination that sends the usual JSON forms."""
+        return self._names is not None and self._json_form is json_value
 
     def for_offset(self, offset: int) -> RecordBuilder:
         """The same builder for rows whose first column is at `offset` (what precedes it: the

@@ -234,6 +234,7 @@ def _pack_in_one_pass(
             chunks = closing(source.stream_rows_with_hashes(
                 sync.source_query, plan.key_column, plan.read_columns,
                 max(1, min(ROW_CHUNK, packer.size)), salt=plan.fingerprint,
+                **_value_forms(source, builder),
             ))
             build = builder.for_offset(2).build  # rows are (key, hash, *columns)
             add_row = packer.add_row
@@ -321,7 +322,8 @@ def _pack_changed_rows(
             keys = repo.outgoing_keys(conn, context.run_id)
     packer.operation = {"mirror": "upsert"}.get(sync.sync_mode, sync.sync_mode)
     seen_dups: set[str] = set()
-    for chunk in _rows_for_keys(source, sync.source_query, plan, keys):
+    forms = _value_forms(source, builder)
+    for chunk in _rows_for_keys(source, sync.source_query, plan, keys, forms):
         heartbeat.check()
         for row in chunk:
             key = row[0]
@@ -342,14 +344,23 @@ def _pack_changed_rows(
     packer.flush()
 
 
+def _value_forms(source: Source, builder: mapping.RecordBuilder) -> dict[str, bool]:
+    """The read option that has the source give values in their JSON form, when it can and
+    the records take them so (see `connectors.json_forms`)."""
+    if getattr(source, "reads_json_forms", False) and builder.takes_json_forms:
+        return {"json_forms": True}
+    return {}
+
+
 def _rows_for_keys(
-    source: Source, query: str, plan: mapping.Plan, keys: list[str] | None
+    source: Source, query: str, plan: mapping.Plan, keys: list[str] | None,
+    forms: dict[str, bool],
 ) -> Iterator[list[tuple]]:
     """(key text, *read_columns) of the rows whose key is in `keys` (all when None): filtered
     in the source when it can, else from its plain stream (keys as Python text)."""
     if source.filters_keys:
         yield from source.stream_rows_for_keys(
-            query, plan.key_column, plan.read_columns, keys, ROW_CHUNK
+            query, plan.key_column, plan.read_columns, keys, ROW_CHUNK, **forms
         )
         return
     if plan.key_column is None:

@@ -24,7 +24,6 @@ Wire contract, so that any receiver can be written against it:
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import hashlib
 import json
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from connectors.destinations.base import (
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError
 from connectors.http_support import passing_failure
+from connectors.json_forms import json_value
 
 FORMATS = ("json_array", "json_object", "ndjson")
 METHODS = ("POST", "PUT", "PATCH")
@@ -74,50 +74,9 @@ _TYPE_ALIASES = {
     "array": "json",
 }
 
-def _json_datetime(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        return value.isoformat()
-    text = value.isoformat()  # the cheapest way to UTC's "Z" form when the offset is zero
-    if text.endswith("+00:00"):
-        return text[:-6] + "Z"
-    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
-
-
-def _json_decimal(value: decimal.Decimal) -> int | float:
-    if value.is_finite():
-        numerator, denominator = value.as_integer_ratio()
-        if denominator == 1:
-            return numerator
-    return float(value)
-
-
-_JSON_FORMS: dict[type, Any] = {
-    dt.datetime: _json_datetime,
-    dt.date: dt.date.isoformat,
-    decimal.Decimal: _json_decimal,
-}
-
-
-def _json_value(value: Any) -> Any:
-    """What JSON cannot hold as it is, in its usual JSON form: ISO 8601 for dates and times
-    (UTC with "Z" when aware), numbers for decimals, text for anything else (a UUID), so a
-    stray type never fails a batch. Looked up by exact type first: it runs once per such value
-    of every record sent."""
-    form = _JSON_FORMS.get(type(value))
-    if form is not None:
-        return form(value)
-    if isinstance(value, dt.datetime):
-        return _json_datetime(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return _json_decimal(value)
-    return str(value)
-
-
-# One encoder for every batch: the C encoder does the work, calling _json_value only for the
+# One encoder for every batch: the C encoder does the work, calling json_value only for the
 # rare value JSON has no type for.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_value)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=json_value)
 
 
 def _dig(document: Any, dotted_path: str) -> Any:
@@ -178,7 +137,7 @@ class HttpDestination(Destination):
     batch_size: ClassVar[int] = 100
     rate_limit_per_second: ClassVar[float] = 1000.0
     max_concurrency: ClassVar[int] = 8
-    json_form: ClassVar[Callable[[Any], Any] | None] = staticmethod(_json_value)
+    json_form: ClassVar[Callable[[Any], Any] | None] = staticmethod(json_value)
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)

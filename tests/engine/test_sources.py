@@ -161,6 +161,68 @@ def test_duckdb_decimals_and_timestamptz_read_as_duckdb_gives_them(tmp_path) -> 
     ]
 
 
+def test_duckdb_reads_values_in_exactly_the_json_form_a_destination_would_give_them(tmp_path) -> None:
+    """With json_forms=True, dates, times and decimals come as text and numbers made by DuckDB:
+    for every value, exactly what `json_value` makes of the value read without it (Python's
+    ISO 8601 text, "Z" for UTC, an integer for an integral decimal, the float otherwise); the
+    keys and hashes are unchanged."""
+    import duckdb
+
+    from connectors.json_forms import json_value
+
+    path = str(tmp_path / "typed.duckdb")
+    with duckdb.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE typed (id INTEGER, amount DECIMAL(10,2), wide DECIMAL(38,10),"
+            " whole DECIMAL(38,0), seen_at TIMESTAMPTZ, plain TIMESTAMP, day DATE, label TEXT,"
+            " n INTEGER, ok BOOLEAN, ratio DOUBLE)"
+        )
+        conn.execute(
+            "INSERT INTO typed VALUES"
+            " (1, 1250.00, 12345678901234567890.0123456789, 99999999999999999999999999999999999999,"
+            "  '2025-01-02 03:04:05.123456+02', '2025-01-02 03:04:05', '2025-01-02', 'a', 1,"
+            "  true, 0.1),"
+            " (2, -0.50, -0.0000000001, -1, '1960-06-01 00:00:00.000001+00',"
+            "  '1960-06-01 23:59:59.999999', '1960-06-01', 'b', -1, false, -2.5),"
+            " (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),"
+            " (4, 0, 0, 0, 'infinity', 'infinity', 'infinity', '', 0, NULL, 0),"
+            " (5, 7.25, 1, 5, '-infinity', '-infinity', '-infinity', 'c', 5, NULL, 1e300),"
+            " (6, -0.00, 1.5000000000, 10, '12000-01-01 00:00:00+00', '0999-03-04 05:06:07.5',"
+            "  '0005-01-01', 'd', 6, NULL, NULL),"
+            " (7, 0.01, 100.0000000000, 7, '1969-12-31 23:59:59.5+00', '9999-12-31 23:59:59.999999',"
+            "  '9999-12-31', 'e', 7, NULL, NULL),"
+            " (8, 99999999.99, 0.1000000000, 8, '0001-01-01 00:00:00+00', '2000-02-29 12:00:00',"
+            "  '2000-02-29', 'f', 8, NULL, NULL)"
+        )
+    source = DuckDbSource({"path": path})
+    query = "SELECT * FROM typed ORDER BY id"
+    columns = ["id", "amount", "wide", "whole", "seen_at", "plain", "day", "label", "n", "ok",
+               "ratio"]
+    typed = _all(source.stream_rows_with_hashes(query, "id", columns, 3, salt="s"))
+    forms = _all(source.stream_rows_with_hashes(query, "id", columns, 3, salt="s", json_forms=True))
+
+    def in_json_form(row: tuple) -> tuple:
+        return tuple(v if v is None or type(v) in (str, int, float, bool) else json_value(v)
+                     for v in row)
+
+    expected = [in_json_form(row) for row in typed]
+    assert [in_json_form(row) for row in forms] == expected
+    for got, want in zip(forms, expected, strict=True):  # same types too: 1 is not 1.0
+        assert [type(v) for v in in_json_form(got)] == [type(v) for v in want]
+    # Within Python's range DuckDB made the form itself; beyond it (±infinity) the value is
+    # DuckDB's own, for the destination's JSON form to take, as without the option.
+    assert [row for row in forms if row[0] not in ("4", "5")] == [
+        row for row in expected if row[0] not in ("4", "5")
+    ]
+    assert forms[0][6] == "2025-01-02T01:04:05.123456Z"
+    assert forms[0][3] == 1250 and forms[1][3] == -0.5
+    typed_by_key = _all(source.stream_rows_for_keys(query, "id", columns, ["2", "7"]))
+    forms_by_key = _all(source.stream_rows_for_keys(query, "id", columns, ["2", "7"],
+                                                   json_forms=True))
+    assert forms_by_key == [(row[0], *row[2:]) for row in forms if row[0] in ("2", "7")]
+    assert [in_json_form(row) for row in typed_by_key] == forms_by_key
+
+
 def test_duckdb_memory_reads_parquet_paths(tmp_path) -> None:
     import duckdb
 

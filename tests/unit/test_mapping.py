@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import uuid
 
+from connectors.destinations.base import DestinationField
 from connectors.destinations.http import HttpDestination
 from connectors.destinations.postgres import PostgresDestination
 from worker import mapping
@@ -58,3 +59,19 @@ def test_a_destination_without_json_forms_gets_the_values_as_they_are():
     built = builder(destination, COLUMN_MAPPINGS).build(ROW)
     assert built == dict(zip(COLUMNS, ROW[1:], strict=True))
     assert type(built["score"]) is decimal.Decimal and type(built["seen_at"]) is dt.datetime
+
+
+def test_rows_may_come_in_json_form_only_for_plain_copies_to_a_json_destination():
+    """A source may give values already in their JSON form (`reads_json_forms`) only when
+    nothing between it and the destination needs the typed value."""
+    http = HttpDestination({"url": "http://127.0.0.1:9"})
+    assert builder(http, COLUMN_MAPPINGS).takes_json_forms is True
+    templated = [*COLUMN_MAPPINGS[:2], {"template": "{{ seen_at }}", "destination": "when"}]
+    assert builder(http, templated).takes_json_forms is False
+    static = [*COLUMN_MAPPINGS[:2], {"static": 1, "destination": "one"}]
+    assert builder(http, static).takes_json_forms is False
+    postgres = PostgresDestination({"url": "postgresql://127.0.0.1:9/none"})
+    assert builder(postgres, COLUMN_MAPPINGS).takes_json_forms is False
+    plan = mapping.plan_for(COLUMN_MAPPINGS, COLUMNS, object_name="records", mode="upsert")
+    cast = {"seen_at": DestinationField("seen_at", "seen_at", "datetime")}
+    assert mapping.RecordBuilder(plan, http, cast).takes_json_forms is False
