@@ -104,6 +104,8 @@ class BatchReport:
     ok: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    # The run's next pending batch, claimed in the same transaction (when asked for).
+    next_claim: repo.FencedClaim | None = None
 
 
 class ClaimLost(Exception):
@@ -245,17 +247,15 @@ def follow_planner(run_id: str, token: int) -> int:
     follow_s = settings.writer_follow_s
     if follow_s <= 0:
         return 0
-    claim_s, owner = settings.lease_seconds, dispatch.worker_id()
+    taker = _Taker(run_id, token, dispatch.worker_id(), settings.lease_seconds)
     with transaction() as conn:
         if not repo.promise_to_follow(conn, run_id, token, follow_s):
             return 0  # planning is over: every batch has its doorbell
-    written = 0
     started = promised_at = idle_since = time.monotonic()
     listener: psycopg.Connection | None = None
     try:
         while True:
-            taken = _write_next_pending(run_id, token, owner, claim_s)
-            written += taken
+            taken = taker.take_next()
             now = time.monotonic()
             if taken:
                 idle_since = now
@@ -272,15 +272,15 @@ def follow_planner(run_id: str, token: int) -> int:
                 if not following:
                     # Planning has ended (or the run is not this token's): no batch comes any
                     # more, and every stored one is visible now. Take what is left, then stop.
-                    while _write_next_pending(run_id, token, owner, claim_s):
-                        written += 1
-                    return written
+                    while taker.take_next():
+                        pass
+                    return taker.written
             if taken:
                 continue
             if done_following or now - idle_since >= follow_s:
                 with transaction() as conn:
                     if repo.retire_follower(conn, run_id):
-                        return written
+                        return taker.written
                 idle_since = now  # a batch was stored meanwhile: take it
                 continue
             if listener is None:
@@ -296,38 +296,63 @@ def follow_planner(run_id: str, token: int) -> int:
     finally:
         if listener is not None:
             listener.close()
+        taker.release()
 
 
-def _write_next_pending(run_id: str, token: int, owner: str, claim_s: float) -> int:
-    """Claim and write the run's first pending batch; 1 if there was one, else 0."""
-    with transaction() as conn, conn.pipeline():
-        fenced = repo.claim_next_pending(conn, run_id, token, owner, claim_s)
-    if fenced is None:
-        return 0
-    _write_claimed(run_id, token, fenced)
-    return 1
+class _Taker:
+    """Takes a run's pending batches one after the other, each claimed in the transaction that
+    records the one before it: a batch costs its writer one transaction, not two."""
+
+    def __init__(self, run_id: str, token: int, owner: str, claim_s: float) -> None:
+        self.run_id, self.token, self.owner, self.claim_s = run_id, token, owner, claim_s
+        self.written = 0
+        self._claimed: repo.FencedClaim | None = None
+
+    def take_next(self) -> bool:
+        """Write the run's next pending batch; False when there was none to take."""
+        fenced, self._claimed = self._claimed, None
+        if fenced is None:
+            with transaction() as conn, conn.pipeline():
+                fenced = repo.claim_next_pending(
+                    conn, self.run_id, self.token, self.owner, self.claim_s
+                )
+        if fenced is None:
+            return False
+        report = _write_claimed(self.run_id, self.token, fenced,
+                                claim_next=(self.owner, self.claim_s))
+        self._claimed = report.next_claim
+        self.written += 1
+        return True
+
+    def release(self) -> None:
+        """A batch claimed but not written (the follower is stopping on an error) is left to
+        its claim's expiry and the reaper."""
+        self._claimed = None
 
 
-def _write_claimed(run_id: str, token: int, fenced: repo.FencedClaim) -> BatchReport:
-    """Write a claimed batch and record what became of it."""
+def _write_claimed(
+    run_id: str, token: int, fenced: repo.FencedClaim, *,
+    claim_next: tuple[str, float] | None = None,
+) -> BatchReport:
+    """Write a claimed batch and record what became of it; with `claim_next` (owner, claim
+    length), the recording transaction also claims the run's next pending batch."""
     claimed, stop, has_hashes = fenced.batch, fenced.stop, fenced.has_hashes
     new_keys = has_hashes and fenced.fresh_snapshot
     batch_no = claimed.batch_no
     claim_s = get_settings().lease_seconds
     if stop:
-        return _finish(run_id, token, claimed, [], status="skipped")
+        return _finish(run_id, token, claimed, [], status="skipped", claim_next=claim_next)
     items: list[tuple[str, dict[str, Any]]] = pickle.loads(claimed.payload)
     records = [Record(key, fields) for key, fields in items]
     try:
-        with transaction() as conn:
-            sync, destination_record = _run_targets(conn, run_id)
+        sync, destination_record = _run_targets(run_id)
         destination, limiter = destination_for(destination_record)
     except Exception as exc:  # nothing can be written; the run must end, never wait for ever
         message = exc.message if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
         log.warning("run %s batch %s cannot be written: %s", run_id, batch_no, message)
         failures = [repo.Failure(r.key, r.key, "UNKNOWN", message) for r in records]
         return _finish(run_id, token, claimed, failures, status="done",
-                       abort=("UNKNOWN", message), total=len(records))
+                       abort=("UNKNOWN", message), total=len(records), claim_next=claim_next)
     key_field = _key_field(sync)
     if claimed.attempts > MAX_BATCH_ATTEMPTS:
         # Every earlier claim died mid-write (a worker killed by this batch, say): stop
@@ -335,7 +360,7 @@ def _write_claimed(run_id: str, token: int, fenced: repo.FencedClaim) -> BatchRe
         message = f"batch {batch_no} was abandoned after {claimed.attempts - 1} interrupted writes"
         failures = [repo.Failure(r.key, r.key, "UNKNOWN", message) for r in records]
         return _finish(run_id, token, claimed, failures, status="done",
-                       abort=("UNKNOWN", message), total=len(records))
+                       abort=("UNKNOWN", message), total=len(records), claim_next=claim_next)
 
     abort: tuple[str, str] | None = None
     try:
@@ -365,7 +390,7 @@ def _write_claimed(run_id: str, token: int, fenced: repo.FencedClaim) -> BatchRe
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,
                    total=len(records), sync_id=sync.id, has_hashes=has_hashes,
-                   new_keys=new_keys)
+                   new_keys=new_keys, claim_next=claim_next)
 
 
 def _abort_reason(exc: ConnectorError) -> tuple[str, str]:
@@ -382,17 +407,16 @@ _targets_lock = threading.Lock()
 _TARGETS_KEPT = 64
 
 
-def _run_targets(
-    conn: psycopg.Connection, run_id: str
-) -> tuple[syncs.Sync, connections.Connection]:
+def _run_targets(run_id: str) -> tuple[syncs.Sync, connections.Connection]:
     """The run's sync and destination as of its first batch in this process: a run writes
     every batch with the same mapping and config, and batches skip three lookups each."""
     with _targets_lock:
         cached = _targets.get(run_id)
     if cached is not None:
         return cached
-    sync = syncs.get_by_id(conn, runs.get_by_id(conn, run_id).sync_id)
-    destination = connections.get_by_id(conn, sync.destination_id)
+    with transaction() as conn:
+        sync = syncs.get_by_id(conn, runs.get_by_id(conn, run_id).sync_id)
+        destination = connections.get_by_id(conn, sync.destination_id)
     if destination is None:
         raise RunFailed(f"the sync's destination {sync.destination_id} no longer exists")
     with _targets_lock:
@@ -413,8 +437,10 @@ def _finish(
     run_id: str, token: int, claimed: repo.ClaimedBatch, failures: list[repo.Failure], *,
     status: str, abort: tuple[str, str] | None = None, total: int = 0,
     sync_id: str | None = None, has_hashes: bool = False, new_keys: bool = False,
+    claim_next: tuple[str, float] | None = None,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
+    next_claim: repo.FencedClaim | None = None
     try:
         # Pipelined: the transaction's statements go to Postgres together and only the last
         # one's answer is awaited, so recording a batch costs two round trips (this, COMMIT).
@@ -427,6 +453,12 @@ def _finish(
                                   [f.record_key for f in failures], has_hashes=has_hashes,
                                   new_keys=new_keys)
             repo.add_failures(conn, run_id, failures)
+            # The next batch's claim travels with the record, and is undone with it. It skips
+            # locked batches, and no one else locks this claim's batch: no lock waits on it.
+            next_cursor = (
+                repo.send_claim_next_pending(conn, run_id, token, *claim_next)
+                if claim_next is not None else None
+            )
             # Last, and in one statement: the batch, the run's row (fence and counters), then
             # its progress row, the lock order of the planner and finalize.
             progress = repo.record_batch(
@@ -435,6 +467,8 @@ def _finish(
             )
             if progress is None:
                 raise _Stale
+            if next_cursor is not None:
+                next_claim = repo.read_claim(next_cursor)
     except (_Stale, LeaseLost):
         return BatchReport("stale")
     except psycopg.errors.UniqueViolation:
@@ -443,11 +477,13 @@ def _finish(
         # A key of the batch is in the snapshot after all (another claim of this batch got it
         # accepted first): nothing was recorded, record it again the general way.
         return _finish(run_id, token, claimed, failures, status=status, abort=abort,
-                       total=total, sync_id=sync_id, has_hashes=has_hashes)
+                       total=total, sync_id=sync_id, has_hashes=has_hashes,
+                       claim_next=claim_next)
     if progress.complete:
         finalize(run_id, token)
     report_status = "written" if status == "done" else "skipped"
-    return BatchReport(report_status, ok, len(failures), [abort[1]] if abort else [])
+    return BatchReport(report_status, ok, len(failures), [abort[1]] if abort else [],
+                       next_claim)
 
 
 # -- finalize ------------------------------------------------------------------------------------

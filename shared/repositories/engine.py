@@ -577,8 +577,19 @@ _CLAIM = (
 
 
 def _claim(conn: psycopg.Connection, which: str, params: dict[str, Any]) -> FencedClaim | None:
-    with conn.cursor(binary=True) as cur:
-        row = cur.execute(_CLAIM.format(which=which), params).fetchone()
+    return read_claim(_send_claim(conn, which, params))
+
+
+def _send_claim(conn: psycopg.Connection, which: str, params: dict[str, Any]) -> psycopg.Cursor:
+    cur = conn.cursor(binary=True)
+    cur.execute(_CLAIM.format(which=which), params)
+    return cur
+
+
+def read_claim(cur: psycopg.Cursor) -> FencedClaim | None:
+    """The answer of a claim sent earlier (`send_claim_next_pending`)."""
+    with cur:
+        row = cur.fetchone()
     if row is None:
         return None
     return FencedClaim(ClaimedBatch(*row[:5]), bool(row[5]), bool(row[6]), bool(row[7]))
@@ -650,7 +661,16 @@ def claim_next_pending(
     """The run's first pending batch, claimed for the holder of `token` (whether or not it was
     rung: a doorbell that finds its batch taken costs little); None when there is none free
     (or the token is stale)."""
-    return _claim(
+    return read_claim(send_claim_next_pending(conn, run_id, token, owner, claim_seconds))
+
+
+def send_claim_next_pending(
+    conn: psycopg.Connection, run_id: str, token: int, owner: str, claim_seconds: float
+) -> psycopg.Cursor:
+    """`claim_next_pending` with its answer left unread, for `read_claim`: in a pipeline it
+    travels with the answers of the statements sent after it. Skips locked batches, so it
+    never waits for another claim."""
+    return _send_claim(
         conn,
         "b.batch_no = (SELECT u.batch_no FROM run_batches u"
         "  WHERE u.run_id = %(run)s AND u.status = 'pending'"
