@@ -67,6 +67,8 @@ def execute_run(run_id: str) -> float | None:
                 progress = repo.planning_done(conn, run_id, batches)
         if progress.complete:
             finalize(run_id, lease.fencing_token)
+        else:
+            _help_followers(run_id, lease.fencing_token)
     except LeaseLost:
         log.warning("run %s: lease lost while planning; its new holder carries on", run_id)
     except RunCancelled:
@@ -79,6 +81,22 @@ def execute_run(run_id: str) -> float | None:
         log.exception("run %s failed", run_id)
         _end_early(lease, "failed", f"internal error: {type(exc).__name__}: {exc}")
     return None
+
+
+def _help_followers(run_id: str, token: int) -> None:
+    """Planning is over and this process is free: write the batches still left to the run's
+    followers (stored with no doorbell) beside them, rather than leave the run's last batches
+    to one writer. A failure here is a writer's, never the run's: the batch's claim runs out
+    and the reaper hands it on."""
+    settings = get_settings()
+    if settings.writer_follow_s <= 0:
+        return
+    taker = _Taker(run_id, token, dispatch.worker_id(), settings.lease_seconds, unrung_only=True)
+    try:
+        while taker.take_next():
+            pass
+    except Exception:
+        log.exception("run %s: writing its last batches after planning failed", run_id)
 
 
 def lease_destination(lease: repo.Lease) -> str:
@@ -303,8 +321,11 @@ class _Taker:
     """Takes a run's pending batches one after the other, each claimed in the transaction that
     records the one before it: a batch costs its writer one transaction, not two."""
 
-    def __init__(self, run_id: str, token: int, owner: str, claim_s: float) -> None:
+    def __init__(
+        self, run_id: str, token: int, owner: str, claim_s: float, *, unrung_only: bool = False
+    ) -> None:
         self.run_id, self.token, self.owner, self.claim_s = run_id, token, owner, claim_s
+        self.unrung_only = unrung_only  # only batches left to followers (no doorbell)
         self.written = 0
         self._claimed: repo.FencedClaim | None = None
 
@@ -314,12 +335,12 @@ class _Taker:
         if fenced is None:
             with transaction() as conn, conn.pipeline():
                 fenced = repo.claim_next_pending(
-                    conn, self.run_id, self.token, self.owner, self.claim_s
+                    conn, self.run_id, self.token, self.owner, self.claim_s, self.unrung_only
                 )
         if fenced is None:
             return False
         report = _write_claimed(self.run_id, self.token, fenced,
-                                claim_next=(self.owner, self.claim_s))
+                                claim_next=(self.owner, self.claim_s, self.unrung_only))
         self._claimed = report.next_claim
         self.written += 1
         return True
@@ -332,10 +353,11 @@ class _Taker:
 
 def _write_claimed(
     run_id: str, token: int, fenced: repo.FencedClaim, *,
-    claim_next: tuple[str, float] | None = None,
+    claim_next: tuple[str, float, bool] | None = None,
 ) -> BatchReport:
     """Write a claimed batch and record what became of it; with `claim_next` (owner, claim
-    length), the recording transaction also claims the run's next pending batch."""
+    length, only batches left to followers), the recording transaction also claims the run's
+    next pending batch."""
     claimed, stop, has_hashes = fenced.batch, fenced.stop, fenced.has_hashes
     new_keys = has_hashes and fenced.fresh_snapshot
     batch_no = claimed.batch_no
@@ -437,7 +459,7 @@ def _finish(
     run_id: str, token: int, claimed: repo.ClaimedBatch, failures: list[repo.Failure], *,
     status: str, abort: tuple[str, str] | None = None, total: int = 0,
     sync_id: str | None = None, has_hashes: bool = False, new_keys: bool = False,
-    claim_next: tuple[str, float] | None = None,
+    claim_next: tuple[str, float, bool] | None = None,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
     next_claim: repo.FencedClaim | None = None

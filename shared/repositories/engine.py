@@ -148,7 +148,7 @@ def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
         "INSERT INTO run_progress (run_id) VALUES (%s) ON CONFLICT (run_id) DO UPDATE"
         " SET phase = 'planning', batches_total = NULL, batches_done = 0, abort_error = NULL,"
         " abort_code = NULL, finished_at = NULL, snapshot_was_empty = false, writer_until = NULL,"
-        " updated_at = now()",
+        " backlog_rung_at = NULL, updated_at = now()",
         (run_id,),
     )
 
@@ -626,8 +626,12 @@ def claim_batch_fenced(
 # (`retire_follower`): either it sees the batch, or the planner sees no promise and rings. A
 # follower that dies leaves its promise to run out; the reaper rings what it left.
 
-# Batches left to followers and not yet taken, beyond which the planner rings again.
+# Batches left to followers and not yet taken, beyond which the planner rings again — at most
+# once every BACKLOG_RING_EVERY_S: each writer it adds follows too, so a run gains a writer a
+# second for as long as its followers fall behind, and a worker with no process free is not
+# sent a message per batch that it could only take once the batches are written.
 FOLLOWED_BACKLOG = 2
+BACKLOG_RING_EVERY_S = 1.0
 
 
 def followers_channel(run_id: str) -> str:
@@ -636,36 +640,47 @@ def followers_channel(run_id: str) -> str:
 
 def stored_under_promise(conn: psycopg.Connection, run_id: str, batch_no: int) -> bool:
     """In the planner's transaction that stored batch `batch_no`, after `fence_last`: True when
-    a writer follows the run and keeps up — the batch is left to it (no doorbell) and it is
-    woken at commit; False when the caller must ring the batch's doorbell."""
+    a writer follows the run and keeps up (or another writer was called lately) — the batch is
+    left to the followers (no doorbell) and they are woken at commit; False when the caller
+    must ring the batch's doorbell."""
     row = conn.execute(
         "WITH promise AS ("
-        " SELECT writer_until > clock_timestamp() AS held FROM run_progress"
-        " WHERE run_id = %(run)s FOR UPDATE),"
+        " SELECT writer_until > clock_timestamp() AS held,"
+        "  coalesce(backlog_rung_at > clock_timestamp() - make_interval(secs => %(every)s),"
+        "   false) AS rang_lately"
+        " FROM run_progress WHERE run_id = %(run)s FOR UPDATE),"
+        " decision AS ("
+        " SELECT p.held, p.held AND (p.rang_lately OR (SELECT count(*) FROM run_batches w"
+        "  WHERE w.run_id = %(run)s AND w.status = 'pending' AND NOT w.rung) < %(backlog)s)"
+        "  AS follow FROM promise p),"
         " followed AS ("
-        " UPDATE run_batches SET rung = false FROM promise"
-        " WHERE promise.held AND run_id = %(run)s AND batch_no = %(batch)s"
-        " AND (SELECT count(*) FROM run_batches w"
-        "  WHERE w.run_id = %(run)s AND w.status = 'pending' AND NOT w.rung) < %(backlog)s"
-        " RETURNING 1)"
+        " UPDATE run_batches SET rung = false FROM decision"
+        " WHERE decision.follow AND run_id = %(run)s AND batch_no = %(batch)s RETURNING 1),"
+        " backlog_rung AS ("
+        " UPDATE run_progress SET backlog_rung_at = clock_timestamp() FROM decision"
+        " WHERE decision.held AND NOT decision.follow AND run_id = %(run)s RETURNING 1)"
         " SELECT count(*) FROM (SELECT pg_notify(%(channel)s, '') FROM followed) AS woken",
         {"run": run_id, "batch": batch_no, "backlog": FOLLOWED_BACKLOG,
-         "channel": followers_channel(run_id)},
+         "every": BACKLOG_RING_EVERY_S, "channel": followers_channel(run_id)},
     ).fetchone()
     return bool(row[0])
 
 
 def claim_next_pending(
-    conn: psycopg.Connection, run_id: str, token: int, owner: str, claim_seconds: float
+    conn: psycopg.Connection, run_id: str, token: int, owner: str, claim_seconds: float,
+    unrung_only: bool = False,
 ) -> FencedClaim | None:
     """The run's first pending batch, claimed for the holder of `token` (whether or not it was
-    rung: a doorbell that finds its batch taken costs little); None when there is none free
-    (or the token is stale)."""
-    return read_claim(send_claim_next_pending(conn, run_id, token, owner, claim_seconds))
+    rung: a doorbell that finds its batch taken costs little; `unrung_only`: only one left to
+    followers); None when there is none free (or the token is stale)."""
+    return read_claim(
+        send_claim_next_pending(conn, run_id, token, owner, claim_seconds, unrung_only)
+    )
 
 
 def send_claim_next_pending(
-    conn: psycopg.Connection, run_id: str, token: int, owner: str, claim_seconds: float
+    conn: psycopg.Connection, run_id: str, token: int, owner: str, claim_seconds: float,
+    unrung_only: bool = False,
 ) -> psycopg.Cursor:
     """`claim_next_pending` with its answer left unread, for `read_claim`: in a pipeline it
     travels with the answers of the statements sent after it. Skips locked batches, so it
@@ -674,7 +689,8 @@ def send_claim_next_pending(
         conn,
         "b.batch_no = (SELECT u.batch_no FROM run_batches u"
         "  WHERE u.run_id = %(run)s AND u.status = 'pending'"
-        "  ORDER BY u.batch_no LIMIT 1 FOR UPDATE SKIP LOCKED) AND b.status = 'pending'",
+        + (" AND NOT u.rung" if unrung_only else "")
+        + "  ORDER BY u.batch_no LIMIT 1 FOR UPDATE SKIP LOCKED) AND b.status = 'pending'",
         {"owner": owner, "claim_s": claim_seconds, "run": run_id, "token": token},
     )
 

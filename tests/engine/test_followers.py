@@ -128,28 +128,41 @@ def _batch(conn: psycopg.Connection, run_id: str, batch_no: int, *, rung: bool) 
     )
 
 
-def _progress(conn: psycopg.Connection, run_id: str, promise_s: float | None) -> None:
+def _progress(
+    conn: psycopg.Connection, run_id: str, promise_s: float | None,
+    backlog_rung_s_ago: float | None = None,
+) -> None:
     conn.execute(
-        "INSERT INTO run_progress (run_id, writer_until)"
-        " VALUES (%s, now() + make_interval(secs => %s))",
-        (run_id, promise_s),
+        "INSERT INTO run_progress (run_id, writer_until, backlog_rung_at)"
+        " VALUES (%s, now() + make_interval(secs => %s), now() - make_interval(secs => %s))",
+        (run_id, promise_s, backlog_rung_s_ago),
     )
 
 
-@pytest.mark.parametrize(("promise_s", "left_to_followers", "followed"), [
-    (None, 0, False),  # nobody follows
-    (-1.0, 0, False),  # the follower's promise ran out (it died, or a write is taking long)
-    (5.0, 0, True),
-    (5.0, 1, True),
-    (5.0, 2, False),  # followers fall behind: more writers are needed, ring
+def _backlog_rung_at(run_id: str) -> object:
+    with transaction() as conn:
+        return conn.execute(
+            "SELECT backlog_rung_at FROM run_progress WHERE run_id = %s", (run_id,)
+        ).fetchone()[0]
+
+
+@pytest.mark.parametrize(("promise_s", "left_to_followers", "rung_s_ago", "followed"), [
+    (None, 0, None, False),  # nobody follows
+    (-1.0, 0, None, False),  # the follower's promise ran out (it died, or a write is long)
+    (5.0, 0, None, True),
+    (5.0, 1, None, True),
+    (5.0, 2, None, False),  # followers fall behind: another writer is called
+    (5.0, 2, 5.0, False),  # ... and again a second after the last one was
+    (5.0, 2, 0.2, True),  # ... but not more than once a second
 ])
 def test_the_planner_leaves_a_batch_to_followers_only_under_a_live_promise_they_keep_up_with(
-    promise_s: float | None, left_to_followers: int, followed: bool,
+    promise_s: float | None, left_to_followers: int, rung_s_ago: float | None, followed: bool,
 ) -> None:
     with transaction() as conn:
-        _progress(conn, "run_followed", promise_s)
+        _progress(conn, "run_followed", promise_s, rung_s_ago)
         for batch_no in range(1, left_to_followers + 1):
             _batch(conn, "run_followed", batch_no, rung=False)
+    rung_before = _backlog_rung_at("run_followed")
     with db.connect(autocommit=True) as listener:
         listener.execute(f'LISTEN "{repo.followers_channel("run_followed")}"')
         with transaction() as conn:
@@ -158,6 +171,9 @@ def test_the_planner_leaves_a_batch_to_followers_only_under_a_live_promise_they_
         woken = list(listener.notifies(timeout=0.2, stop_after=1))
     assert bool(woken) is followed
     assert _rung("run_followed")[9] is (not followed)
+    # A ring for the backlog (a follower exists, the batch is rung) is remembered.
+    backlog_ring = promise_s is not None and promise_s > 0 and not followed
+    assert (_backlog_rung_at("run_followed") != rung_before) is backlog_ring
 
 
 def test_a_follower_keeps_its_promise_while_a_batch_is_left_to_it() -> None:
@@ -257,6 +273,39 @@ def test_a_follower_hands_a_long_run_back_to_the_queue(driver: EngineDriver, peo
     assert rung[10] is True, "the run's last batches were rung again"
     assert 10 in [batch for _, batch, _ in driver.pending]
     driver.drain()
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert _sent(sink) == Counter(str(i) for i in range(1, 96))
+
+
+def test_the_planner_writes_what_its_followers_left_once_planning_is_over(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse.insert(95)
+    run_id = driver.trigger(people_sync())
+    original = PostgresSource.stream_rows_with_hashes
+
+    def with_a_stalled_follower(self, *args, **kwargs):
+        for number, chunk in enumerate(original(self, *args, **kwargs)):
+            if number == 1:  # a writer promises to follow, then never takes a batch
+                with transaction() as conn:
+                    conn.execute(
+                        "UPDATE run_progress SET writer_until = now() + interval '1 hour'"
+                        " WHERE run_id = %s", (run_id,),
+                    )
+            yield chunk
+
+    monkeypatch.setattr(PostgresSource, "stream_rows_with_hashes", with_a_stalled_follower)
+    monkeypatch.setattr("worker.planner.ROW_CHUNK", 10)
+    assert driver.engine.execute_run(run_id) is None
+    rung = _rung(run_id)
+    assert sum(rung.values()) <= 3, "under the promise, one ring for the backlog in a second"
+    with transaction() as conn:
+        status = dict(conn.execute(
+            "SELECT batch_no, status FROM run_batches WHERE run_id = %s", (run_id,)
+        ).fetchall())
+    left_to_followers = [n for n, was_rung in rung.items() if not was_rung]
+    assert len(left_to_followers) >= 7
+    assert all(status[n] == "done" for n in left_to_followers), "the planner wrote them"
+    driver.drain()  # the batches that were rung
     run = get_run(run_id)
     assert run.status == "succeeded"
     assert _sent(sink) == Counter(str(i) for i in range(1, 96))
