@@ -413,8 +413,10 @@ class BatchPacker:
                     encode_payload(self._records),
                 )
             repo.add_failures(conn, run_id, self._failures)
-            repo.fence_last(conn, run_id, token, failed=len(self._failures))
-            followed = batch_no is not None and _followed(conn, run_id, batch_no)
+            followed = _fence_last_storing(
+                conn, run_id, token, batch_no, read=None, added=0, changed=0, unchanged=0,
+                failed=len(self._failures),
+            )
         self._records, self._failures = [], []
         if batch_no is not None:
             self._stored(batch_no, ring=not followed)
@@ -426,11 +428,15 @@ class BatchPacker:
             dispatch.enqueue_batch(self.context.run_id, batch_no, self.context.token)
 
 
-def _followed(conn: psycopg.Connection, run_id: str, batch_no: int) -> bool:
-    """Whether a writer following the run takes the batch just stored (no doorbell then)."""
-    if get_settings().writer_follow_s <= 0:
-        return False  # writers do not follow: no promise can be held
-    return repo.stored_under_promise(conn, run_id, batch_no)
+def _fence_last_storing(
+    conn: psycopg.Connection, run_id: str, token: int, batch_no: int | None, **counts: Any
+) -> bool:
+    """`repo.fence_last` for a transaction that stored batch `batch_no` (None: none); whether a
+    writer following the run takes the batch (no doorbell then)."""
+    if batch_no is None or get_settings().writer_follow_s <= 0:
+        repo.fence_last(conn, run_id, token, **counts)
+        return False  # no batch, or writers do not follow: no promise can be held
+    return repo.fence_last_storing(conn, run_id, token, batch_no, **counts)
 
 
 class OnePassPacker(BatchPacker):
@@ -576,11 +582,10 @@ class OnePassPacker(BatchPacker):
             if final and null_keys:
                 repo.add_rejects(conn, run_id, duplicates={}, null_keys=null_keys)
                 failed += null_keys
-            repo.fence_last(
-                conn, run_id, token, read=read, added=added, changed=changed,
+            followed = _fence_last_storing(
+                conn, run_id, token, batch_no, read=read, added=added, changed=changed,
                 unchanged=unchanged, failed=failed,
             )
-            followed = batch_no is not None and _followed(conn, run_id, batch_no)
             conn.commit()
         except BaseException:
             conn.rollback()

@@ -126,15 +126,23 @@ def fence_last(
     it either committed before (the token does not match and everything rolls back) or waits
     for this commit."""
     row = conn.execute(
-        "UPDATE runs SET rows_read = coalesce(%s, rows_read), rows_added = rows_added + %s,"
-        " rows_changed = rows_changed + %s, rows_unchanged = rows_unchanged + %s,"
-        " rows_written = rows_written + %s, rows_failed = rows_failed + %s, updated_at = now()"
-        " WHERE id = %s AND fencing_token = %s AND status = 'running' RETURNING cancel_requested",
-        (read, added, changed, unchanged, written, failed, run_id, token),
+        _FENCE_LAST,
+        {"read": read, "added": added, "changed": changed, "unchanged": unchanged,
+         "written": written, "failed": failed, "run": run_id, "token": token},
     ).fetchone()
     if row is None:
         raise LeaseLost(run_id)
     return bool(row[0])
+
+
+_FENCE_LAST = (
+    "UPDATE runs SET rows_read = coalesce(%(read)s, rows_read),"
+    " rows_added = rows_added + %(added)s, rows_changed = rows_changed + %(changed)s,"
+    " rows_unchanged = rows_unchanged + %(unchanged)s, rows_written = rows_written + %(written)s,"
+    " rows_failed = rows_failed + %(failed)s, updated_at = now()"
+    " WHERE id = %(run)s AND fencing_token = %(token)s AND status = 'running'"
+    " RETURNING cancel_requested"
+)
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -621,7 +629,7 @@ def claim_batch_fenced(
 # claim, a fraction. When batches wait for the followers, the planner rings again, so a slow
 # destination still gets as many writers as the fleet has.
 #
-# Safety: the planner decides under the progress row's lock (`stored_under_promise`), and a
+# Safety: the planner decides under the progress row's lock (`fence_last_storing`), and a
 # follower withdraws its promise under the same lock after finding no batch left to it
 # (`retire_follower`): either it sees the batch, or the planner sees no promise and rings. A
 # follower that dies leaves its promise to run out; the reaper rings what it left.
@@ -638,32 +646,51 @@ def followers_channel(run_id: str) -> str:
     return f"retl_batches_{run_id}"
 
 
-def stored_under_promise(conn: psycopg.Connection, run_id: str, batch_no: int) -> bool:
-    """In the planner's transaction that stored batch `batch_no`, after `fence_last`: True when
-    a writer follows the run and keeps up (or another writer was called lately) — the batch is
-    left to the followers (no doorbell) and they are woken at commit; False when the caller
-    must ring the batch's doorbell."""
+def fence_last_storing(
+    conn: psycopg.Connection, run_id: str, token: int, batch_no: int, *, read: int | None,
+    added: int, changed: int, unchanged: int, failed: int,
+) -> bool:
+    """`fence_last` for the planner's transaction that stored batch `batch_no`, deciding in the
+    same statement whether the batch is left to the run's followers: when a writer follows the
+    run and keeps up (or another writer was called lately), the batch is stored with no
+    doorbell and the followers are woken at commit (True); else the caller rings it (False).
+    The run's row is locked first, then its progress row, the order of every writer; a
+    retiring follower takes the progress row's lock before it looks (`retire_follower`).
+    Raises LeaseLost if the token is stale."""
     row = conn.execute(
-        "WITH promise AS ("
-        " SELECT writer_until > clock_timestamp() AS held,"
-        "  coalesce(backlog_rung_at > clock_timestamp() - make_interval(secs => %(every)s),"
-        "   false) AS rang_lately"
-        " FROM run_progress WHERE run_id = %(run)s FOR UPDATE),"
-        " decision AS ("
-        " SELECT p.held, p.held AND (p.rang_lately OR (SELECT count(*) FROM run_batches w"
-        "  WHERE w.run_id = %(run)s AND w.status = 'pending' AND NOT w.rung) < %(backlog)s)"
-        "  AS follow FROM promise p),"
-        " followed AS ("
-        " UPDATE run_batches SET rung = false FROM decision"
-        " WHERE decision.follow AND run_id = %(run)s AND batch_no = %(batch)s RETURNING 1),"
-        " backlog_rung AS ("
-        " UPDATE run_progress SET backlog_rung_at = clock_timestamp() FROM decision"
-        " WHERE decision.held AND NOT decision.follow AND run_id = %(run)s RETURNING 1)"
-        " SELECT count(*) FROM (SELECT pg_notify(%(channel)s, '') FROM followed) AS woken",
-        {"run": run_id, "batch": batch_no, "backlog": FOLLOWED_BACKLOG,
-         "every": BACKLOG_RING_EVERY_S, "channel": followers_channel(run_id)},
+        "WITH fenced AS (" + _FENCE_LAST + "), "
+        + _FOLLOWED.format(promise_filter=" AND EXISTS (SELECT 1 FROM fenced)")
+        + " SELECT EXISTS (SELECT 1 FROM fenced), " + _WOKEN,
+        {"run": run_id, "token": token, "batch": batch_no, "read": read, "added": added,
+         "changed": changed, "unchanged": unchanged, "written": 0, "failed": failed,
+         "backlog": FOLLOWED_BACKLOG, "every": BACKLOG_RING_EVERY_S,
+         "channel": followers_channel(run_id)},
     ).fetchone()
-    return bool(row[0])
+    if not row[0]:
+        raise LeaseLost(run_id)
+    return bool(row[1])
+
+
+# Whether followers take batch %(batch)s of run %(run)s (see `fence_last_storing`): the
+# statement's CTEs, then what it answers, the number of followers' wake-ups sent (0 or 1).
+_FOLLOWED = (
+    "promise AS ("
+    " SELECT writer_until > clock_timestamp() AS held,"
+    "  coalesce(backlog_rung_at > clock_timestamp() - make_interval(secs => %(every)s),"
+    "   false) AS rang_lately"
+    " FROM run_progress WHERE run_id = %(run)s{promise_filter} FOR UPDATE),"
+    " decision AS ("
+    " SELECT p.held, p.held AND (p.rang_lately OR (SELECT count(*) FROM run_batches w"
+    "  WHERE w.run_id = %(run)s AND w.status = 'pending' AND NOT w.rung) < %(backlog)s)"
+    "  AS follow FROM promise p),"
+    " followed AS ("
+    " UPDATE run_batches SET rung = false FROM decision"
+    " WHERE decision.follow AND run_id = %(run)s AND batch_no = %(batch)s RETURNING 1),"
+    " backlog_rung AS ("
+    " UPDATE run_progress SET backlog_rung_at = clock_timestamp() FROM decision"
+    " WHERE decision.held AND NOT decision.follow AND run_id = %(run)s RETURNING 1)"
+)
+_WOKEN = "(SELECT count(*) FROM (SELECT pg_notify(%(channel)s, '') FROM followed) AS woken)"
 
 
 def claim_next_pending(

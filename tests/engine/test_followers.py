@@ -128,15 +128,24 @@ def _batch(conn: psycopg.Connection, run_id: str, batch_no: int, *, rung: bool) 
     )
 
 
-def _progress(
-    conn: psycopg.Connection, run_id: str, promise_s: float | None,
-    backlog_rung_s_ago: float | None = None,
-) -> None:
-    conn.execute(
-        "INSERT INTO run_progress (run_id, writer_until, backlog_rung_at)"
-        " VALUES (%s, now() + make_interval(secs => %s), now() - make_interval(secs => %s))",
-        (run_id, promise_s, backlog_rung_s_ago),
-    )
+@pytest.fixture
+def leased(driver: EngineDriver, people_sync) -> tuple[str, int]:
+    """A run taken by a planner (its lease and fencing token) that has stored nothing yet."""
+    run_id = driver.trigger(people_sync())
+    with transaction() as conn:
+        lease = repo.take_lease(conn, run_id, "a-planner", 60)
+        repo.reset_staging(conn, run_id)
+    assert lease is not None
+    return run_id, lease.fencing_token
+
+
+def _promise(run_id: str, promise_s: float | None, backlog_rung_s_ago: float | None = None) -> None:
+    with transaction() as conn:
+        conn.execute(
+            "UPDATE run_progress SET writer_until = now() + make_interval(secs => %s),"
+            " backlog_rung_at = now() - make_interval(secs => %s) WHERE run_id = %s",
+            (promise_s, backlog_rung_s_ago, run_id),
+        )
 
 
 def _backlog_rung_at(run_id: str) -> object:
@@ -144,6 +153,14 @@ def _backlog_rung_at(run_id: str) -> object:
         return conn.execute(
             "SELECT backlog_rung_at FROM run_progress WHERE run_id = %s", (run_id,)
         ).fetchone()[0]
+
+
+def _store(conn: psycopg.Connection, run_id: str, token: int, batch_no: int) -> bool:
+    """What the planner does in the transaction that stores a batch."""
+    _batch(conn, run_id, batch_no, rung=True)
+    return repo.fence_last_storing(
+        conn, run_id, token, batch_no, read=None, added=0, changed=0, unchanged=0, failed=0
+    )
 
 
 @pytest.mark.parametrize(("promise_s", "left_to_followers", "rung_s_ago", "followed"), [
@@ -156,56 +173,67 @@ def _backlog_rung_at(run_id: str) -> object:
     (5.0, 2, 0.2, True),  # ... but not more than once a second
 ])
 def test_the_planner_leaves_a_batch_to_followers_only_under_a_live_promise_they_keep_up_with(
-    promise_s: float | None, left_to_followers: int, rung_s_ago: float | None, followed: bool,
+    leased: tuple[str, int], promise_s: float | None, left_to_followers: int,
+    rung_s_ago: float | None, followed: bool,
 ) -> None:
+    run_id, token = leased
+    _promise(run_id, promise_s, rung_s_ago)
     with transaction() as conn:
-        _progress(conn, "run_followed", promise_s, rung_s_ago)
         for batch_no in range(1, left_to_followers + 1):
-            _batch(conn, "run_followed", batch_no, rung=False)
-    rung_before = _backlog_rung_at("run_followed")
+            _batch(conn, run_id, batch_no, rung=False)
+    rung_before = _backlog_rung_at(run_id)
     with db.connect(autocommit=True) as listener:
-        listener.execute(f'LISTEN "{repo.followers_channel("run_followed")}"')
+        listener.execute(f'LISTEN "{repo.followers_channel(run_id)}"')
         with transaction() as conn:
-            _batch(conn, "run_followed", 9, rung=True)
-            assert repo.stored_under_promise(conn, "run_followed", 9) is followed
+            assert _store(conn, run_id, token, 9) is followed
         woken = list(listener.notifies(timeout=0.2, stop_after=1))
     assert bool(woken) is followed
-    assert _rung("run_followed")[9] is (not followed)
+    assert _rung(run_id)[9] is (not followed)
     # A ring for the backlog (a follower exists, the batch is rung) is remembered.
     backlog_ring = promise_s is not None and promise_s > 0 and not followed
-    assert (_backlog_rung_at("run_followed") != rung_before) is backlog_ring
+    assert (_backlog_rung_at(run_id) != rung_before) is backlog_ring
 
 
-def test_a_follower_keeps_its_promise_while_a_batch_is_left_to_it() -> None:
+def test_a_planner_whose_lease_was_taken_stores_nothing(leased: tuple[str, int]) -> None:
+    run_id, token = leased
+    _promise(run_id, 5.0)
+    with pytest.raises(repo.LeaseLost), transaction() as conn:
+        _store(conn, run_id, token - 1, 9)
+    assert _rung(run_id) == {}
+
+
+def test_a_follower_keeps_its_promise_while_a_batch_is_left_to_it(leased: tuple[str, int]) -> None:
+    run_id, _ = leased
+    _promise(run_id, 5.0)
     with transaction() as conn:
-        _progress(conn, "run_followed", 5.0)
-        _batch(conn, "run_followed", 1, rung=True)  # has its doorbell: not the follower's
-        _batch(conn, "run_followed", 2, rung=False)
+        _batch(conn, run_id, 1, rung=True)  # has its doorbell: not the follower's
+        _batch(conn, run_id, 2, rung=False)
     with transaction() as conn:
-        assert repo.retire_follower(conn, "run_followed") is False
-    assert _writer_until("run_followed") is not None
+        assert repo.retire_follower(conn, run_id) is False
+    assert _writer_until(run_id) is not None
     with transaction() as conn:
         conn.execute("UPDATE run_batches SET status = 'done' WHERE batch_no = 2")
     with transaction() as conn:
-        assert repo.retire_follower(conn, "run_followed") is True
-    assert _writer_until("run_followed") is None
+        assert repo.retire_follower(conn, run_id) is True
+    assert _writer_until(run_id) is None
 
 
-def test_a_batch_stored_while_the_follower_retires_is_seen_by_one_of_them() -> None:
+def test_a_batch_stored_while_the_follower_retires_is_seen_by_one_of_them(
+    leased: tuple[str, int],
+) -> None:
     """Both orders of the race, forced: the follower's look waits for the planner's commit, or
     the planner's decision waits for the follower's withdrawal."""
-    with transaction() as conn:
-        _progress(conn, "run_followed", 5.0)
+    run_id, token = leased
+    _promise(run_id, 5.0)
 
     # The planner holds the lock first: the follower, once it gets it, sees the batch.
     retired: list[bool] = []
     with transaction() as planner:
-        _batch(planner, "run_followed", 1, rung=True)
-        assert repo.stored_under_promise(planner, "run_followed", 1) is True
+        assert _store(planner, run_id, token, 1) is True
 
         def retire() -> None:
             with transaction() as conn:
-                retired.append(repo.retire_follower(conn, "run_followed"))
+                retired.append(repo.retire_follower(conn, run_id))
 
         follower = threading.Thread(target=retire)
         follower.start()
@@ -220,12 +248,11 @@ def test_a_batch_stored_while_the_follower_retires_is_seen_by_one_of_them() -> N
     # The follower holds the lock first: the planner, once it gets it, finds no promise.
     decided: list[bool] = []
     with transaction() as follower_conn:
-        assert repo.retire_follower(follower_conn, "run_followed") is True
+        assert repo.retire_follower(follower_conn, run_id) is True
 
         def store() -> None:
             with transaction() as conn:
-                _batch(conn, "run_followed", 2, rung=True)
-                decided.append(repo.stored_under_promise(conn, "run_followed", 2))
+                decided.append(_store(conn, run_id, token, 2))
 
         planner_thread = threading.Thread(target=store)
         planner_thread.start()
@@ -233,7 +260,7 @@ def test_a_batch_stored_while_the_follower_retires_is_seen_by_one_of_them() -> N
         assert decided == [], "the planner waits for the follower's transaction"
     planner_thread.join(timeout=5)
     assert decided == [False]
-    assert _rung("run_followed")[2] is True
+    assert _rung(run_id)[2] is True
 
 
 def test_the_reaper_rings_what_a_dead_follower_left_at_once(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:
