@@ -336,3 +336,30 @@ def test_the_planner_writes_what_its_followers_left_once_planning_is_over(driver
     run = get_run(run_id)
     assert run.status == "succeeded"
     assert _sent(sink) == Counter(str(i) for i in range(1, 96))
+
+
+@pytest.fixture
+def following_off(monkeypatch: pytest.MonkeyPatch):
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("RETL_WRITER_FOLLOW_SECONDS", "0")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def test_with_following_off_every_batch_has_its_doorbell(following_off, driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse.insert(40)
+    _slow_source(monkeypatch, {}, every=0.05)
+    run_id = driver.trigger(people_sync())
+    planner = _plan_in_background(driver, run_id)
+    driver.engine.write_batch(*_first_doorbell(driver))  # writes batch 1 only
+    planner.join(timeout=30)
+    assert _writer_until(run_id) is None
+    assert _rung(run_id) == {1: True, 2: True, 3: True, 4: True}
+    assert sorted(batch for _, batch, _ in driver.pending) == [2, 3, 4]
+    driver.drain()
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert _sent(sink) == Counter(str(i) for i in range(1, 41))
