@@ -347,7 +347,7 @@ def _pack_changed_rows(
 def _value_forms(source: Source, builder: mapping.RecordBuilder) -> dict[str, bool]:
     """The read option that has the source give values in their JSON form, when it can and
     the records take them so (see `connectors.json_forms`)."""
-    if getattr(source, "reads_json_forms", False) and builder.takes_json_forms:
+    if source.reads_json_forms and builder.takes_json_forms:
         return {"json_forms": True}
     return {}
 

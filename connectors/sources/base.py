@@ -23,6 +23,10 @@ class Source(ABC):
     - `stream_rows_with_hashes` (`streams_rows_with_hashes` True): key, salted hash and the rows
       in one read, for runs that send every row (first run, full refresh). Without it those
       runs read the source twice, as incremental runs do.
+    - `reads_json_forms`: `stream_rows_for_keys` and `stream_rows_with_hashes` accept the keyword
+      `json_forms=True` and then give each value as `connectors.json_forms.json_value` would
+      make it (text for dates and times, numbers for decimals), for records that go to a JSON
+      destination unchanged. Without it the destination's JSON form is applied while mapping.
     """
 
     type: ClassVar[str]
@@ -30,6 +34,7 @@ class Source(ABC):
     config_fields: ClassVar[tuple[ConfigField, ...]] = ()
     hashes_take_salt: ClassVar[bool] = False
     streams_rows_with_hashes: ClassVar[bool] = False
+    reads_json_forms: ClassVar[bool] = False
 
     def __init__(
         self, config: dict[str, Any], *, statement_timeout_s: float = 1800,
