@@ -13,6 +13,7 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,8 +94,7 @@ def _help_followers(run_id: str, token: int) -> None:
         return
     taker = _Taker(run_id, token, dispatch.worker_id(), settings.lease_seconds, unrung_only=True)
     try:
-        while taker.take_next():
-            pass
+        taker.take_all()
     except Exception:
         log.exception("run %s: writing its last batches after planning failed", run_id)
 
@@ -290,8 +290,7 @@ def follow_planner(run_id: str, token: int) -> int:
                 if not following:
                     # Planning has ended (or the run is not this token's): no batch comes any
                     # more, and every stored one is visible now. Take what is left, then stop.
-                    while taker.take_next():
-                        pass
+                    taker.take_all()
                     return taker.written
             if taken:
                 continue
@@ -309,8 +308,8 @@ def follow_planner(run_id: str, token: int) -> int:
                     sql.SQL("LISTEN {}").format(sql.Identifier(repo.followers_channel(run_id)))
                 )
                 continue
-            for _ in listener.notifies(timeout=follow_s - (now - idle_since), stop_after=1):
-                pass
+            # Woken by the next stored batch (or the end of planning), or the wait runs out.
+            next(listener.notifies(timeout=follow_s - (now - idle_since), stop_after=1), None)
     finally:
         if listener is not None:
             listener.close()
@@ -339,11 +338,20 @@ class _Taker:
                 )
         if fenced is None:
             return False
-        report = _write_claimed(self.run_id, self.token, fenced,
-                                claim_next=(self.owner, self.claim_s, self.unrung_only))
+        report = _write_claimed(self.run_id, self.token, fenced, then_claim=self._send_claim)
         self._claimed = report.next_claim
         self.written += 1
         return True
+
+    def take_all(self) -> None:
+        """Write the run's pending batches until there is none left to take."""
+        while self.take_next():
+            continue
+
+    def _send_claim(self, conn: psycopg.Connection) -> psycopg.Cursor:
+        return repo.send_claim_next_pending(
+            conn, self.run_id, self.token, self.owner, self.claim_s, self.unrung_only
+        )
 
     def release(self) -> None:
         """A batch claimed but not written (the follower is stopping on an error) is left to
@@ -353,17 +361,17 @@ class _Taker:
 
 def _write_claimed(
     run_id: str, token: int, fenced: repo.FencedClaim, *,
-    claim_next: tuple[str, float, bool] | None = None,
+    then_claim: Callable[[psycopg.Connection], psycopg.Cursor] | None = None,
 ) -> BatchReport:
-    """Write a claimed batch and record what became of it; with `claim_next` (owner, claim
-    length, only batches left to followers), the recording transaction also claims the run's
-    next pending batch."""
+    """Write a claimed batch and record what became of it; with `then_claim`, the recording
+    transaction also sends the claim of the run's next batch (`repo.send_claim_next_pending`),
+    answered as the report's `next_claim`."""
     claimed, stop, has_hashes = fenced.batch, fenced.stop, fenced.has_hashes
     new_keys = has_hashes and fenced.fresh_snapshot
     batch_no = claimed.batch_no
     claim_s = get_settings().lease_seconds
     if stop:
-        return _finish(run_id, token, claimed, [], status="skipped", claim_next=claim_next)
+        return _finish(run_id, token, claimed, [], status="skipped", then_claim=then_claim)
     items: list[tuple[str, dict[str, Any]]] = pickle.loads(claimed.payload)
     records = [Record(key, fields) for key, fields in items]
     try:
@@ -374,7 +382,7 @@ def _write_claimed(
         log.warning("run %s batch %s cannot be written: %s", run_id, batch_no, message)
         failures = [repo.Failure(r.key, r.key, "UNKNOWN", message) for r in records]
         return _finish(run_id, token, claimed, failures, status="done",
-                       abort=("UNKNOWN", message), total=len(records), claim_next=claim_next)
+                       abort=("UNKNOWN", message), total=len(records), then_claim=then_claim)
     key_field = _key_field(sync)
     if claimed.attempts > MAX_BATCH_ATTEMPTS:
         # Every earlier claim died mid-write (a worker killed by this batch, say): stop
@@ -382,7 +390,7 @@ def _write_claimed(
         message = f"batch {batch_no} was abandoned after {claimed.attempts - 1} interrupted writes"
         failures = [repo.Failure(r.key, r.key, "UNKNOWN", message) for r in records]
         return _finish(run_id, token, claimed, failures, status="done",
-                       abort=("UNKNOWN", message), total=len(records), claim_next=claim_next)
+                       abort=("UNKNOWN", message), total=len(records), then_claim=then_claim)
 
     abort: tuple[str, str] | None = None
     try:
@@ -412,7 +420,7 @@ def _write_claimed(
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,
                    total=len(records), sync_id=sync.id, has_hashes=has_hashes,
-                   new_keys=new_keys, claim_next=claim_next)
+                   new_keys=new_keys, then_claim=then_claim)
 
 
 def _abort_reason(exc: ConnectorError) -> tuple[str, str]:
@@ -459,7 +467,7 @@ def _finish(
     run_id: str, token: int, claimed: repo.ClaimedBatch, failures: list[repo.Failure], *,
     status: str, abort: tuple[str, str] | None = None, total: int = 0,
     sync_id: str | None = None, has_hashes: bool = False, new_keys: bool = False,
-    claim_next: tuple[str, float, bool] | None = None,
+    then_claim: Callable[[psycopg.Connection], psycopg.Cursor] | None = None,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
     next_claim: repo.FencedClaim | None = None
@@ -477,10 +485,7 @@ def _finish(
             repo.add_failures(conn, run_id, failures)
             # The next batch's claim travels with the record, and is undone with it. It skips
             # locked batches, and no one else locks this claim's batch: no lock waits on it.
-            next_cursor = (
-                repo.send_claim_next_pending(conn, run_id, token, *claim_next)
-                if claim_next is not None else None
-            )
+            next_cursor = then_claim(conn) if then_claim is not None else None
             # Last, and in one statement: the batch, the run's row (fence and counters), then
             # its progress row, the lock order of the planner and finalize.
             progress = repo.record_batch(
@@ -500,7 +505,7 @@ def _finish(
         # accepted first): nothing was recorded, record it again the general way.
         return _finish(run_id, token, claimed, failures, status=status, abort=abort,
                        total=total, sync_id=sync_id, has_hashes=has_hashes,
-                       claim_next=claim_next)
+                       then_claim=then_claim)
     if progress.complete:
         finalize(run_id, token)
     report_status = "written" if status == "done" else "skipped"

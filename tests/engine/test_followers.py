@@ -23,6 +23,16 @@ def _sent(sink: FakeHttpSink) -> Counter[str]:
     return Counter(str(r["external_id"]) for batch in sink.received for r in batch.records)
 
 
+def _drained_with_every_row_sent_once(
+    driver: EngineDriver, run_id: str, sink: FakeHttpSink, rows: int
+) -> None:
+    """Write the batches whose doorbells were rung; the run succeeds, every row sent once."""
+    driver.drain()
+    run = get_run(run_id)
+    assert run.status == "succeeded"
+    assert _sent(sink) == Counter(str(i) for i in range(1, rows + 1))
+
+
 def _slow_source(
     monkeypatch: pytest.MonkeyPatch, pauses: dict[int, float], every: float,
     gate: threading.Event | None = None,
@@ -114,10 +124,7 @@ def test_a_follower_gives_up_when_the_planner_pauses_and_the_planner_rings_again
     rung = _rung(run_id)
     assert rung[4] is True, "the first batch after the pause has its doorbell again"
     assert 4 in [batch for _, batch, _ in driver.pending]
-    driver.drain()
-    run = get_run(run_id)
-    assert run.status == "succeeded"
-    assert _sent(sink) == Counter(str(i) for i in range(1, 61))
+    _drained_with_every_row_sent_once(driver, run_id, sink, 60)
 
 
 def _batch(conn: psycopg.Connection, run_id: str, batch_no: int, *, rung: bool) -> None:
@@ -299,10 +306,7 @@ def test_a_follower_hands_a_long_run_back_to_the_queue(driver: EngineDriver, peo
     rung = _rung(run_id)
     assert rung[10] is True, "the run's last batches were rung again"
     assert 10 in [batch for _, batch, _ in driver.pending]
-    driver.drain()
-    run = get_run(run_id)
-    assert run.status == "succeeded"
-    assert _sent(sink) == Counter(str(i) for i in range(1, 96))
+    _drained_with_every_row_sent_once(driver, run_id, sink, 95)
 
 
 def test_the_planner_writes_what_its_followers_left_once_planning_is_over(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,10 +336,7 @@ def test_the_planner_writes_what_its_followers_left_once_planning_is_over(driver
     left_to_followers = [n for n, was_rung in rung.items() if not was_rung]
     assert len(left_to_followers) >= 7
     assert all(status[n] == "done" for n in left_to_followers), "the planner wrote them"
-    driver.drain()  # the batches that were rung
-    run = get_run(run_id)
-    assert run.status == "succeeded"
-    assert _sent(sink) == Counter(str(i) for i in range(1, 96))
+    _drained_with_every_row_sent_once(driver, run_id, sink, 95)
 
 
 @pytest.fixture
@@ -359,7 +360,4 @@ def test_with_following_off_every_batch_has_its_doorbell(following_off, driver: 
     assert _writer_until(run_id) is None
     assert _rung(run_id) == {1: True, 2: True, 3: True, 4: True}
     assert sorted(batch for _, batch, _ in driver.pending) == [2, 3, 4]
-    driver.drain()
-    run = get_run(run_id)
-    assert run.status == "succeeded"
-    assert _sent(sink) == Counter(str(i) for i in range(1, 41))
+    _drained_with_every_row_sent_once(driver, run_id, sink, 40)
