@@ -19,6 +19,7 @@ FAILED when scripted) as its status is read, and applies its operations when it 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -66,6 +67,25 @@ class UserList:
     needs_manager: bool = False
     # Members as the identifiers they were added with, e.g. {"hashedEmail": "..."}.
     members: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, operations: list[dict[str, Any]]) -> None:
+        """Add (create) or drop (remove) the people of `operations`; a person is one member
+        whichever of its identifiers matches."""
+        index = {pair: i for i, m in enumerate(self.members) for pair in _pairs(m)}
+        kept: dict[int, dict[str, Any]] = dict(enumerate(self.members))
+        positions = itertools.count(len(self.members))
+        for operation in operations:
+            identifiers = (operation.get("create") or operation.get("remove"))["userIdentifiers"]
+            member = {k: v for identifier in identifiers for k, v in identifier.items()}
+            for pair in _pairs(member):
+                found = index.pop(pair, None)
+                if found is not None:
+                    kept.pop(found, None)
+            if "create" in operation:
+                position = next(positions)
+                kept[position] = member
+                index.update(dict.fromkeys(_pairs(member), position))
+        self.members = list(kept.values())
 
 
 @dataclass
@@ -309,20 +329,12 @@ class FakeGoogleAds(FakeServer):
         if self.fail_jobs_with:
             job.status, job.failure_reason = "FAILED", self.fail_jobs_with
             return
-        user_list = self.user_lists[job.user_list]
-        for operation in job.operations:
-            identifiers = (operation.get("create") or operation.get("remove"))["userIdentifiers"]
-            member = {k: v for identifier in identifiers for k, v in identifier.items()}
-            if "create" in operation:
-                user_list.members = [m for m in user_list.members if not _same(m, member)]
-                user_list.members.append(member)
-            else:
-                user_list.members = [m for m in user_list.members if not _same(m, member)]
+        self.user_lists[job.user_list].apply(job.operations)
         job.status = "SUCCESS"
 
 
-def _same(known: dict[str, Any], member: dict[str, Any]) -> bool:
-    return any(known.get(k) == v for k, v in member.items())
+def _pairs(member: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(k, json.dumps(v, sort_keys=True)) for k, v in member.items()]
 
 
 def _check(operation: Any, job: Job, user_list: UserList) -> tuple[str, str] | None:

@@ -60,6 +60,8 @@ class Audience:
     flagged: bool = False
     # Each member as the identifiers it was added with (schema key -> value sent).
     members: list[dict[str, str]] = field(default_factory=list)
+    # (schema key, value) -> the member holding it.
+    index: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 class FakeMeta(FakeServer):
@@ -188,18 +190,24 @@ class FakeMeta(FakeServer):
 
 
 def _add(audience: Audience, member: dict[str, str]) -> None:
-    for known in audience.members:
-        if any(known.get(k) == v for k, v in member.items()):
-            known.update(member)
-            return
-    audience.members.append(dict(member))
+    known = next((audience.index[p] for p in member.items() if p in audience.index), None)
+    if known is None:
+        known = {}
+        audience.members.append(known)
+    known.update(member)
+    for pair in member.items():
+        audience.index[pair] = known
 
 
 def _remove(audience: Audience, member: dict[str, str]) -> None:
-    audience.members = [
-        known for known in audience.members
-        if not any(known.get(k) == v for k, v in member.items())
-    ]
+    gone = {id(audience.index[p]): audience.index[p] for p in member.items()
+            if p in audience.index}
+    if not gone:
+        return
+    audience.members = [known for known in audience.members if id(known) not in gone]
+    for known in gone.values():
+        for pair in known.items():
+            audience.index.pop(pair, None)
 
 
 def _bearer(header: str | None) -> str | None:
