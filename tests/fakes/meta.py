@@ -28,6 +28,8 @@ MAX_ROWS = 10_000
 HASHED_KEYS = frozenset({"EMAIL", "PHONE", "FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY",
                          "DOBY", "DOBM", "DOBD", "GEN"})
 CLEAR_KEYS = frozenset({"MADID", "EXTERN_ID"})
+# Keys that name one person; names, cities and the like only narrow a match.
+PERSON_KEYS = frozenset({"EMAIL", "PHONE", "MADID", "EXTERN_ID"})
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MADID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 VERSIONED = re.compile(r"/v(\d+)\.0(/.*)")
@@ -189,24 +191,28 @@ class FakeMeta(FakeServer):
         })
 
 
+def _person(member: dict[str, str]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in member.items() if k in PERSON_KEYS]
+
+
 def _add(audience: Audience, member: dict[str, str]) -> None:
-    known = next((audience.index[p] for p in member.items() if p in audience.index), None)
+    known = next((audience.index[p] for p in _person(member) if p in audience.index), None)
     if known is None:
         known = {}
         audience.members.append(known)
     known.update(member)
-    for pair in member.items():
+    for pair in _person(member):
         audience.index[pair] = known
 
 
 def _remove(audience: Audience, member: dict[str, str]) -> None:
-    gone = {id(audience.index[p]): audience.index[p] for p in member.items()
+    gone = {id(audience.index[p]): audience.index[p] for p in _person(member)
             if p in audience.index}
     if not gone:
         return
     audience.members = [known for known in audience.members if id(known) not in gone]
     for known in gone.values():
-        for pair in known.items():
+        for pair in _person(known):
             audience.index.pop(pair, None)
 
 
