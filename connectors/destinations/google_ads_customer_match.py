@@ -132,6 +132,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
         self._token: tuple[str, float] | None = None  # access token, monotonic expiry
         self._token_lock = threading.Lock()
         self._jobs: OrderedDict[str, _Job] = OrderedDict()  # uploads being followed, by digest
+        self._jobs_lock = threading.Lock()
 
     @property
     def session(self) -> requests.Session:
@@ -333,7 +334,8 @@ class GoogleAdsCustomerMatchDestination(Destination):
         digest = hashlib.sha256(
             json.dumps([user_list, operations], sort_keys=True).encode()
         ).hexdigest()
-        job = self._jobs.get(digest)
+        with self._jobs_lock:
+            job = self._jobs.get(digest)
         if job is not None:
             return job
         metadata: dict[str, Any] = {"userList": user_list}
@@ -354,16 +356,18 @@ class GoogleAdsCustomerMatchDestination(Destination):
                 job.refused[start + index] = message
         if len(job.refused) < len(operations):
             self._call(f"{job.resource_name}:run", {})
-            self._jobs[digest] = job
-            while len(self._jobs) > JOBS_REMEMBERED:
-                self._jobs.popitem(last=False)
+            with self._jobs_lock:
+                self._jobs[digest] = job
+                while len(self._jobs) > JOBS_REMEMBERED:
+                    self._jobs.popitem(last=False)
         return job
 
     def _follow(self, job: _Job) -> None:
         """Poll the job until it ends, for `jobWaitSeconds` at most; a job still running then
         is a RetryableError (the retry resumes following it), a failed job a ConnectorError."""
-        if not any(known is job for known in self._jobs.values()):
-            return  # every operation was refused: nothing was run
+        with self._jobs_lock:
+            if not any(known is job for known in self._jobs.values()):
+                return  # every operation was refused: nothing was run
         deadline = time.monotonic() + self.job_wait_s
         wait = FIRST_POLL_WAIT_S
         while True:
@@ -377,9 +381,10 @@ class GoogleAdsCustomerMatchDestination(Destination):
                 )
             time.sleep(wait)
             wait = min(wait * 2, LONGEST_POLL_WAIT_S)
-        for digest, known in list(self._jobs.items()):
-            if known is job:
-                del self._jobs[digest]
+        with self._jobs_lock:
+            for digest, known in list(self._jobs.items()):
+                if known is job:
+                    del self._jobs[digest]
         if status == "FAILED":
             raise ConnectorError(
                 f"offline user data job {job.resource_name} failed: {reason or 'no reason given'}"
