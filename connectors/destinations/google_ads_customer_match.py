@@ -40,6 +40,7 @@ from connectors.destinations.base import (
     DestinationField,
     DestinationObject,
     Operation,
+    RateLimit,
     Record,
     RecordResult,
 )
@@ -103,7 +104,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
     )
     supported_modes: ClassVar[frozenset[str]] = frozenset({"upsert", "delete", "mirror"})
     batch_size: ClassVar[int] = 10_000
-    rate_limit_per_second: ClassVar[float] = 5.0
+    rate_limit: ClassVar[RateLimit] = RateLimit(5, 1.0)
     max_concurrency: ClassVar[int] = 1
 
     def __init__(self, config: dict[str, Any]) -> None:

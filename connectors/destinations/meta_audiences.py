@@ -28,6 +28,7 @@ from connectors.destinations.base import (
     DestinationField,
     DestinationObject,
     Operation,
+    RateLimit,
     Record,
     RecordResult,
 )
@@ -62,7 +63,7 @@ class MetaAudiencesDestination(Destination):
     )
     supported_modes: ClassVar[frozenset[str]] = frozenset({"upsert", "delete", "mirror"})
     batch_size: ClassVar[int] = MAX_ROWS_PER_REQUEST
-    rate_limit_per_second: ClassVar[float] = 2.0
+    rate_limit: ClassVar[RateLimit] = RateLimit(2, 1.0)
     max_concurrency: ClassVar[int] = 2
 
     def __init__(self, config: dict[str, Any]) -> None:
