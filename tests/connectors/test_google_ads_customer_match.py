@@ -13,6 +13,7 @@ from connectors.destinations.google_ads_customer_match import GoogleAdsCustomerM
 from connectors.errors import AuthError, ConnectorError, RetryableError, UnsupportedMode
 from connectors.registry import destination_class
 from tests.fakes.google_ads import FakeGoogleAds, ads_error, quota_exhausted
+from worker.mapping import RecordBuilder, RecordMappingError, plan_for
 
 CUSTOMER = "1234567890"
 LIST = f"customers/{CUSTOMER}/userLists/555"
@@ -245,3 +246,19 @@ def test_a_list_reached_through_a_manager_needs_login_customer_id(
     assert _calls(google, ":addOperations")[-1].headers["login-customer-id"] == "9999999999"
     with pytest.raises(ConnectorError, match="not a user list of customer"):
         destination.write_batch("customers/1/userLists/2", "upsert", "hashedEmail", [])
+
+
+def test_the_record_the_planner_maps_already_holds_the_hashes(google: FakeGoogleAds) -> None:
+    """What a batch stores and a preview shows is the mapped record: hashed, never raw."""
+    destination = make(google)
+    mappings = [{"source": "email", "destination": "hashedEmail", "key": True},
+                {"source": "phone", "destination": "hashedPhoneNumber"}]
+    plan = plan_for(mappings, ["email", "phone"], object_name=LIST, mode="upsert")
+    fields = {f.name: f for f in destination.list_fields(LIST)}
+    builder = RecordBuilder(plan, destination, fields)
+    assert builder.build(("k", "Jane@Example.com", "+1 212 565 0000")) == {
+        "hashedEmail": JANE, "hashedPhoneNumber": pii.sha256_hex("+12125650000"),
+    }
+    with pytest.raises(RecordMappingError, match="country code") as caught:
+        builder.build(("k", "jane@example.com", "212 565 0000"))
+    assert "565" not in str(caught.value)

@@ -16,6 +16,7 @@ from connectors.destinations.meta_audiences import MetaAudiencesDestination
 from connectors.errors import AuthError, ConnectorError, RetryableError, UnsupportedMode
 from connectors.registry import destination_class
 from tests.fakes.meta import FakeMeta, graph_error, throttled
+from worker.mapping import RecordBuilder, plan_for
 
 AUDIENCE = "23850000000000001"
 JANE = pii.sha256_hex("jane@example.com")
@@ -201,3 +202,17 @@ def test_a_missing_or_flagged_audience_is_a_clear_error_for_the_run(meta: FakeMe
     assert not isinstance(caught.value, RetryableError | AuthError)
     assert "integrity restrictions" in caught.value.message
     assert "subcode 1713230" in caught.value.message
+
+
+def test_the_record_the_planner_maps_already_holds_the_hashes(meta: FakeMeta) -> None:
+    """What a batch stores and a preview shows is the mapped record: hashed, never raw."""
+    destination = make(meta)
+    mappings = [{"source": "id", "destination": "EXTERN_ID", "key": True},
+                {"source": "email", "destination": "EMAIL"},
+                {"source": "phone", "destination": "PHONE"}]
+    plan = plan_for(mappings, ["id", "email", "phone"], object_name=AUDIENCE, mode="mirror")
+    fields = {f.name: f for f in destination.list_fields(AUDIENCE)}
+    record = RecordBuilder(plan, destination, fields).build(
+        ("7", 7, "Jane@Example.com", "+1 616 954 7888")
+    )
+    assert record == {"EXTERN_ID": "7", "EMAIL": JANE, "PHONE": pii.sha256_hex("16169547888")}
