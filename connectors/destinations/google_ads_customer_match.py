@@ -104,6 +104,8 @@ class GoogleAdsCustomerMatchDestination(Destination):
     )
     supported_modes: ClassVar[frozenset[str]] = frozenset({"upsert", "delete", "mirror"})
     batch_size: ClassVar[int] = 10_000
+    # Google limits a developer token's queries per second without publishing the number; each
+    # write is a handful of calls, and RESOURCE_EXHAUSTED is retried after Google's delay.
     rate_limit: ClassVar[RateLimit] = RateLimit(5, 1.0)
     max_concurrency: ClassVar[int] = 1
 

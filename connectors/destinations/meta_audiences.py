@@ -63,6 +63,8 @@ class MetaAudiencesDestination(Destination):
     )
     supported_modes: ClassVar[frozenset[str]] = frozenset({"upsert", "delete", "mirror"})
     batch_size: ClassVar[int] = MAX_ROWS_PER_REQUEST
+    # Meta throttles ad accounts by a usage score, not a published rate: a modest default, and
+    # its throttling answers (with the wait it advises) are retried.
     rate_limit: ClassVar[RateLimit] = RateLimit(2, 1.0)
     max_concurrency: ClassVar[int] = 2
 
@@ -262,8 +264,8 @@ class MetaAudiencesDestination(Destination):
         schema = [key for key in pii.META_RULES if key in present]
         data = [[values.get(key, "") for key in schema] for _, values in rows]
         payload = json.dumps({"schema": schema, "data": data}, separators=(",", ":"))
-        answer = self._call("POST" if method == "POST" else "DELETE", f"/{audience}/users",
-                            form={"payload": payload}, audience=audience)
+        answer = self._call(method, f"/{audience}/users", form={"payload": payload},
+                            audience=audience)
         samples = answer.get("invalid_entry_samples") or {}
         if isinstance(samples, list):  # seen in the wild as a bare list of values
             samples = {str(value): "invalid entry" for value in samples}
