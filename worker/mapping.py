@@ -13,7 +13,7 @@ from typing import Any
 from connectors.casting import CastError, cast_value
 from connectors.destinations.base import Destination, DestinationField
 from connectors.json_forms import json_value
-from shared.templates import compile_template
+from shared.templates import compile_template, render
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class RecordBuilder:
                 value = row[how]
             elif kind == "template":
                 try:
-                    value = how.render(context)
+                    value = render(how, context)
                 except Exception as exc:  # a template's failure is its row's, never the run's
                     raise RecordMappingError(f"template for {name!r} failed: {exc}") from None
             else:
