@@ -162,7 +162,10 @@ class RecordBuilder:
 
     def _build_plain_json(self, row: tuple) -> dict[str, Any]:
         form = self._json_form
-        values = [v if type(v) in _JSON_TYPES else form(v) for v in self._pick(row)]  # type: ignore[misc]
+        try:
+            values = [v if type(v) in _JSON_TYPES else form(v) for v in self._pick(row)]  # type: ignore[misc]
+        except CastError as exc:
+            raise RecordMappingError(str(exc)) from None
         return dict(zip(self._names, values, strict=True))  # type: ignore[arg-type]
 
     def build(self, row: tuple) -> dict[str, Any]:
@@ -187,6 +190,9 @@ class RecordBuilder:
                 except CastError as exc:
                     raise RecordMappingError(f"field {name!r}: {exc}") from None
             if self._json_form is not None and type(value) not in _JSON_TYPES:
-                value = self._json_form(value)
+                try:
+                    value = self._json_form(value)
+                except CastError as exc:
+                    raise RecordMappingError(f"field {name!r}: {exc}") from None
             record[name] = value
         return record

@@ -9,7 +9,10 @@ from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 
+from connectors.casting import OutOfRangeValue
 from connectors.destinations.base import ConfigField
 from connectors.errors import AuthError, ConnectorError, PrivilegedRoleError
 from connectors.sources.base import Source
@@ -28,6 +31,26 @@ PRIVILEGED_ROLES = (
     "pg_execute_server_program", "pg_read_server_files", "pg_signal_backend",
     "pg_write_server_files",
 )
+
+
+def _lenient(connection: psycopg.Connection, type_name: str) -> None:
+    """Load `type_name` values as the connection would, but a value Python cannot hold
+    (`infinity`, a year past 9999) as an OutOfRangeValue: it fails its record, not the read."""
+    oid = connection.adapters.types[type_name].oid
+    strict = connection.adapters.get_loader(oid, Format.TEXT)
+
+    class LenientLoader(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._load = strict(oid, context).load
+
+        def load(self, data: Any) -> Any:
+            try:
+                return self._load(data)
+            except psycopg.DataError:
+                return OutOfRangeValue(bytes(data).decode())
+
+    connection.adapters.register_loader(oid, LenientLoader)
 
 
 def _strip(query: str) -> str:
@@ -97,6 +120,8 @@ class PostgresSource(Source):
             if "password authentication failed" in message or "role" in message:
                 raise AuthError(f"the source refused the credentials: {message}") from None
             raise ConnectorError(f"cannot connect to the source: {message}") from None
+        for type_name in ("date", "timestamp", "timestamptz"):
+            _lenient(conn, type_name)
         # Every statement of this connection runs inside one read-only transaction. Its
         # statement timeout is the server's own guard; the query may lift it (set_config), so
         # `watch` enforces the deadline from this side. The role's privileges are read in the
