@@ -53,6 +53,18 @@ def _lenient(connection: psycopg.Connection, type_name: str) -> None:
     connection.adapters.register_loader(oid, LenientLoader)
 
 
+def _end(conn: psycopg.Connection) -> None:
+    """Roll back and close; a late cancel from a query's watch may fail the rollback, and the
+    server rolls back a closed session's transaction anyway."""
+    try:
+        if not conn.closed:
+            conn.rollback()
+    except psycopg.Error:
+        pass
+    finally:
+        conn.close()
+
+
 def _strip(query: str) -> str:
     return query.strip().rstrip(";").strip()
 
@@ -168,9 +180,7 @@ class PostgresSource(Source):
                     raise (watch.error() or _failure(query, exc)) from None
         finally:
             self._streaming.discard(conn)
-            if not conn.closed:
-                conn.rollback()
-                conn.close()
+            _end(conn)
 
     def close(self) -> None:
         """End every stream still open: a reader that stopped early (an error, a cancelled run)
@@ -214,8 +224,7 @@ class PostgresSource(Source):
                 except psycopg.Error as exc:
                     raise (watch.error() or _failure(query, exc)) from None
         finally:
-            conn.rollback()
-            conn.close()
+            _end(conn)
 
     def stream(self, query: str, chunk_size: int = 10_000) -> Iterator[list[tuple]]:
         statement = sql.SQL("SELECT * FROM {}").format(self._wrapped(query))
