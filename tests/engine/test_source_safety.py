@@ -289,3 +289,22 @@ def test_a_duckdb_query_is_interrupted_and_bounded_by_the_settings() -> None:
     assert isinstance(errors[0], QueryCancelled)
 
 
+
+
+def test_a_run_cancelled_while_its_planner_fails_ends_cancelled(driver: EngineDriver, people_sync, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever stops a planner after a cancel (here the source failing), the run ends as
+    its user asked."""
+    from worker import runs as engine
+    from worker.planner import RunFailed
+
+    warehouse.insert(3)
+    setup = people_sync()
+    run_id = driver.trigger(setup)
+
+    def cancelled_then_failing(context, heartbeat) -> int:
+        run_service.cancel(setup.workspace_id, run_id)
+        raise RunFailed("the source query failed: server closed the connection")
+
+    monkeypatch.setattr(engine, "plan_run", cancelled_then_failing)
+    run = driver.execute(run_id)
+    assert run.status == "cancelled" and run.error is None
