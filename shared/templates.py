@@ -5,9 +5,9 @@ as nothing.
 
 How the bound holds: every value a call, filter, operator or concatenation makes is measured
 and refused beyond MAX_VALUE_LENGTH, so the inputs of the next operation are bounded too; the
-operations that can grow a value far past their inputs (a width, a repeat count, `replace`,
-`join`, `%` and `format`) are checked before they run. Every output piece, constant text
-included, passes `finalize` and counts towards the output limit."""
+operations that can grow a value far past their inputs (a width, a repeat count, a batch or
+slice count, `replace`, `join`, `%` and `format`) are checked before they run. Every output
+piece, constant text included, passes `finalize` and counts towards the output limit."""
 
 from __future__ import annotations
 
@@ -238,6 +238,10 @@ def _check_filter(name: str, args: tuple, kwargs: dict) -> None:
         _checked_replace(str(value), str(args[1]), str(args[2]), count)
     elif name == "format":
         _check_percent_format(str(value))
+    elif name == "batch":
+        _checked_width(_argument(args, kwargs, 1, "linecount", 0), "a batch")
+    elif name == "slice":
+        _checked_width(_argument(args, kwargs, 1, "slices", 0), "a slice")
     elif name == "join" and isinstance(value, Iterable):
         _checked_join(str(_argument(args, kwargs, 1, "d", "")), list(value))
 
@@ -265,6 +269,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.filters = {name: _guarded_filter(name, f) for name, f in self.filters.items()}
         self.filters["_retl_steps"] = _steps
         self.filters["_retl_bounded"] = _bounded
+        # Placeholder text has no place in a field value, and lipsum(n) makes n paragraphs.
+        self.globals.pop("lipsum", None)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         return _Guards().visit(super()._parse(source, name, filename))

@@ -86,6 +86,8 @@ def test_compiling_evaluates_nothing():
     '{% for i in range(60000) %}abcdef{% endfor %}',
     '{% set v %}{% for i in range(60000) %}{{ name }}{% endfor %}{% endset %}{{ v|length }}',
     '{% for i in range(60000) %}{% for j in range(60000) %}{% endfor %}{% endfor %}',
+    '{{ [name]|batch(400000000, "x")|list }}',
+    '{{ [name]|slice(400000000)|list }}',
 ])
 def test_a_template_past_a_limit_is_refused_before_it_grows(template):
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
