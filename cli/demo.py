@@ -273,7 +273,20 @@ def _retl_command() -> str:
 def next_steps(demo: Demo) -> str:
     retl = _retl_command()
     contacts, accounts = demo.contacts_sync_id, demo.accounts_sync_id
-    url_line = f"  export RETL_URL={demo.api_url}\n" if demo.api_url != DEFAULT_URL else ""
+    commands = [
+        (f"export RETL_API_KEY={demo.api_key}", ""),
+        *([(f"export RETL_URL={demo.api_url}", "")] if demo.api_url != DEFAULT_URL else []),
+        (f"{retl} syncs list", ""),
+        (f"{retl} runs list --sync {contacts}", "# the first run of the contacts"),
+        (f"{retl} dlq list --sync {contacts}", f"# the {len(INVALID_EMAILS)} contacts the CRM refused"),
+        (f"{retl} demo change", "# change some rows in the warehouse"),
+        (f"{retl} syncs run {contacts} --wait", "# sends only those changes"),
+        (f"{retl} runs list --sync {accounts}", "# the mirror sync runs every minute"),
+        (f"{retl} fields {demo.destination_id} contacts", "# the CRM table's columns"),
+        (f"{retl} dlq resolve DLQ_ID... --resolution skipped", ""),
+    ]
+    width = max(len(command) for command, _ in commands) + 2
+    lines = "\n".join(f"  {command:<{width}}{comment}".rstrip() for command, comment in commands)
     return f"""
 The demo is ready. Warehouse: {demo.warehouse} (DuckDB: {ACCOUNTS:,} accounts,
 {CONTACTS:,} contacts, {len(INVALID_EMAILS)} of them with an invalid email). CRM: the Postgres
@@ -281,16 +294,8 @@ database {demo.crm_database}, schema {SCHEMA} (destination {demo.destination_id}
 First runs queued: {', '.join(demo.first_run_ids)}.
 
 In another terminal, from this folder:
-  export RETL_API_KEY={demo.api_key}
-{url_line}  {retl} syncs list
-  {retl} runs list --sync {contacts}          # the first run of the contacts
-  {retl} dlq list --sync {contacts}           # the {len(INVALID_EMAILS)} contacts the CRM refused
-  {retl} demo change                          # change some rows in the warehouse
-  {retl} syncs run {contacts} --wait          # sends only those changes
-  {retl} runs list --sync {accounts}          # the mirror sync, every minute
-  {retl} fields {demo.destination_id} contacts
-  {retl} dlq resolve ID... --resolution skipped
-Ctrl-C here stops everything; `retl up --demo` again picks up where you left off.
+{lines}
+Ctrl-C here stops everything; `retl up --demo` again picks up where it was left.
 """
 
 
