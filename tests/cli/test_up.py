@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -48,7 +51,8 @@ def _start_up(env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen:
 def _stop(process: subprocess.Popen) -> tuple[int, str, list[psutil.Process]]:
     """SIGTERM retl up; its exit code, its output, and any child it left running."""
     if process.poll() is not None:  # it ended by itself: its output says why
-        return process.returncode, process.communicate()[0], []
+        done = process.stdout is None or process.stdout.closed  # read by _wait_for_health
+        return process.returncode, "" if done else process.communicate()[0], []
     children = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGTERM)
     try:
@@ -91,9 +95,20 @@ def _create_key(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    """A folder outside pytest's: the embedded Postgres runs as another user, who must reach its
+    data folder, and every pytest session that starts on this machine makes pytest's own root
+    folder private again."""
+    path = Path(tempfile.mkdtemp(prefix="retl-up-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_up_without_urls_starts_embedded_servers_that_keep_data_and_commands_elsewhere_find_them(
-    tmp_path,
+    folder,
 ):
+    tmp_path = folder
     port = _free_port()
     project = tmp_path / "project"
     elsewhere = tmp_path / "elsewhere"
