@@ -170,6 +170,7 @@ def crm(database_url):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # two starts of the whole service on a shared, loaded machine
 def test_up_demo_end_to_end(tmp_path, database_url, redis_url, crm):
     port = free_port()
     home = tmp_path / ".retl"

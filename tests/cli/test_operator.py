@@ -17,7 +17,7 @@ from shared.services.auth import create_api_key
 from tests.cli.conftest import free_port, retl
 from tests.fakes.http_sink import FakeHttpSink
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PEOPLE = 30
 REFUSED = {"7", "19"}

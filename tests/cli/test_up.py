@@ -18,7 +18,8 @@ import psutil
 import pytest
 import requests
 
-pytestmark = pytest.mark.slow
+# Each test starts the whole service once or twice on a shared, loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
