@@ -197,6 +197,7 @@ def up(host: str, port: int, concurrency: int, demo: bool) -> None:
             f"another `retl up` is running with {settings.home}; stop it first"
             " (or set RETL_HOME to run a second one)"
         )
+    state.remove(settings.home)  # left by a `retl up` that was killed: its URLs are dead
     stopping = False
     failure: str | None = None
 
