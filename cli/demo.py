@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +42,7 @@ DESTINATION_NAME = "demo CRM"
 CONTACTS_SYNC = "demo contacts"
 ACCOUNTS_SYNC = "demo accounts"
 LOCK_WAIT_S = 30.0
+FIRST_RUNS_WAIT_S = 120.0
 
 _WAREHOUSE_SQL = f"""
 CREATE TABLE accounts AS
@@ -261,6 +263,33 @@ def set_up(home: Path, api_url: str, database_url: str) -> Demo:
     )
 
 
+def first_runs(demo: Demo, give_up: Callable[[], bool], timeout_s: float = FIRST_RUNS_WAIT_S) -> str:
+    """A line per first run once both ended (or whatever they reached within `timeout_s`, or
+    when `give_up` says so: Ctrl-C)."""
+    api = ApiClient(demo.api_url, demo.api_key)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [api.get(f"/runs/{run_id}")["data"] for run_id in demo.first_run_ids]
+        ended = all(run["attributes"]["status"] in ("succeeded", "failed", "cancelled")
+                    for run in found)
+        if ended or give_up() or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    names = {demo.contacts_sync_id: CONTACTS_SYNC, demo.accounts_sync_id: ACCOUNTS_SYNC}
+    lines = []
+    for run in found:
+        run_attributes = run["attributes"]
+        line = (f"{names.get(run_attributes['sync_id'], run_attributes['sync_id'])}: run"
+                f" {run['id']} {run_attributes['status']}, {run_attributes['rows_written']:,}"
+                f" rows written, {run_attributes['rows_failed']:,} failed")
+        if run_attributes["rows_failed"]:
+            line += " (in the DLQ)"
+        if run_attributes["error"]:
+            line += f": {run_attributes['error']}"
+        lines.append(line)
+    return "\n" + "\n".join(lines)
+
+
 def _retl_command() -> str:
     """How this `retl` was invoked, so the printed commands can be pasted as they are."""
     invoked = Path(sys.argv[0])
@@ -291,7 +320,7 @@ def next_steps(demo: Demo) -> str:
 The demo is ready. Warehouse: {demo.warehouse} (DuckDB: {ACCOUNTS:,} accounts,
 {CONTACTS:,} contacts, {len(INVALID_EMAILS)} of them with an invalid email). CRM: the Postgres
 database {demo.crm_database}, schema {SCHEMA} (destination {demo.destination_id}).
-First runs queued: {', '.join(demo.first_run_ids)}.
+First runs: {', '.join(demo.first_run_ids)}.
 
 In another terminal, from this folder:
 {lines}

@@ -249,7 +249,9 @@ def up(host: str, port: int, concurrency: int, demo: bool) -> None:
         ))
         click.echo(f"retl is up: {api_url}  (health: {api_url}/healthz)")
         if demo:
-            click.echo(demo_setup.next_steps(demo_setup.set_up(settings.home, api_url, database_url)))
+            ready = demo_setup.set_up(settings.home, api_url, database_url)
+            click.echo(demo_setup.first_runs(ready, give_up=lambda: stopping))
+            click.echo(demo_setup.next_steps(ready))
         else:
             click.echo("create an API key with:  .venv/bin/retl api-key create   (Ctrl-C stops everything)")
         while not stopping:

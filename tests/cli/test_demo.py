@@ -184,8 +184,10 @@ def test_up_demo_end_to_end(tmp_path, database_url, redis_url, crm):
     try:
         key = up.wait_for(r"export RETL_API_KEY=(\S+)").group(1)
         contacts = up.wait_for(r"runs list --sync (retl_sync_\w+) +# the first run").group(1)
-        first_runs = up.wait_for(r"First runs queued: (.+)\.").group(1).split(", ")
+        first_runs = up.wait_for(r"First runs: (.+)\.").group(1).split(", ")
         contacts_run, accounts_run = _finished(base, key, first_runs)
+        written = demo.CONTACTS - len(demo.INVALID_EMAILS)
+        assert f"demo contacts: run {first_runs[0]} succeeded, {written:,} rows written, 7 failed (in the DLQ)" in up.output
 
         assert (contacts_run["status"], contacts_run["rows_written"], contacts_run["rows_failed"]) == (
             "succeeded", demo.CONTACTS - len(demo.INVALID_EMAILS), len(demo.INVALID_EMAILS))
