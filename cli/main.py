@@ -210,7 +210,8 @@ def up(host: str, port: int, concurrency: int, demo: bool) -> None:
 
     redis_server = None
     children: dict[str, subprocess.Popen] = {}
-    api_url = f"http://{_connect_host(host)}:{port}".replace("::1", "[::1]")
+    connect = _connect_host(host)
+    api_url = f"http://[{connect}]:{port}" if ":" in connect else f"http://{connect}:{port}"
     try:
         problem = state.port_problem(host, port)
         if problem:
