@@ -1,10 +1,13 @@
 # Two commands matter: `make run` and `make test`. Both create .venv when it is missing.
+# `make run PORT=8300 HOST=0.0.0.0` serves the API elsewhere; `make demo` adds the demo.
 PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench clean
+.PHONY: run demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +17,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/retl up
+	$(BIN)/retl up --host $(HOST) --port $(PORT)
+
+demo: $(STAMP)
+	$(BIN)/retl up --demo --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)

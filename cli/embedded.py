@@ -43,6 +43,11 @@ def die_with_parent() -> None:
         pass
 
 
+def has_postgres(home: Path) -> bool:
+    """Whether an embedded server's data folder was ever made under this RETL_HOME."""
+    return (home / "postgres" / "PG_VERSION").exists()
+
+
 def start_postgres(home: Path):
     """Start (or attach to) the embedded server; the returned object stops it when released."""
     import pgserver

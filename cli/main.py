@@ -1,4 +1,5 @@
-"""`retl` commands: up, api, worker, beat, migrate, api-key create."""
+"""`retl` commands: up, api, worker, beat, migrate, api-key create, the operator commands over
+the REST API (syncs, runs, dlq, destinations, objects, fields) and the demo."""
 
 from __future__ import annotations
 
@@ -9,26 +10,71 @@ import sys
 import time
 
 import click
+import requests
 
+from cli import operator, state
+from cli.demo import demo_group
 from shared.settings import get_settings
 
 # Embedded servers started by this process stay up as long as it holds them.
 _embedded: list[object] = []
+STARTUP_SECONDS = 90
 
 
-def _database_url() -> str:
-    """RETL_DATABASE_URL, or the embedded server under RETL_HOME (started if needed)."""
+def _no_database(home: object) -> click.ClickException:
+    return click.ClickException(
+        f"no retl database: RETL_DATABASE_URL is not set and no `retl up` runs with"
+        f" RETL_HOME={home}. Start `retl up` (it keeps an embedded Postgres there), run this from"
+        " the folder where `retl up` runs, or set RETL_HOME to its folder or RETL_DATABASE_URL"
+        " to its database"
+    )
+
+
+def _use_running_up() -> None:
+    """Unset RETL_DATABASE_URL / RETL_REDIS_URL taken from the `retl up` running with this
+    RETL_HOME, so that a command run beside it uses its servers."""
+    settings = get_settings()
+    if settings.database_url and settings.redis_url:
+        return
+    running = state.running(settings.home)
+    if running is None:
+        return
+    os.environ.setdefault("RETL_DATABASE_URL", running.database_url)
+    os.environ.setdefault("RETL_REDIS_URL", running.redis_url)
+    get_settings.cache_clear()
+
+
+def _database_url(create: bool = False) -> str:
+    """RETL_DATABASE_URL, else the database of the `retl up` running with RETL_HOME, else the
+    embedded server kept under RETL_HOME (started here). Only `retl up` (create=True) may start
+    an embedded server where none was ever made: elsewhere that would be a second, empty
+    database while the real one runs from another folder."""
+    _use_running_up()
     settings = get_settings()
     if settings.database_url:
         return settings.database_url
     from cli import embedded
 
+    if not create and not embedded.has_postgres(settings.home):
+        raise _no_database(settings.home)
     server = embedded.start_postgres(settings.home)
     _embedded.append(server)
     url = embedded.postgres_url(server)
     os.environ["RETL_DATABASE_URL"] = url
     get_settings.cache_clear()
     return url
+
+
+def _require_servers() -> None:
+    """For api, worker and beat: the database and Redis set, or those of the running `retl up`."""
+    _use_running_up()
+    settings = get_settings()
+    if not settings.database_url:
+        raise _no_database(settings.home)
+    if not settings.redis_url:
+        raise click.ClickException(
+            f"RETL_REDIS_URL is not set and no `retl up` runs with RETL_HOME={settings.home}"
+        )
 
 
 @click.group()
@@ -69,13 +115,13 @@ def api_key_create(workspace: str) -> None:
 @click.option("--threads", default=8, show_default=True, type=int)
 def api(host: str, port: int, threads: int) -> None:
     """Serve the REST API."""
+    _require_servers()
     from waitress import serve
 
     from api import create_app
     from shared.logs import configure
 
     configure("api")
-    get_settings().require_database_url()
     serve(create_app(), host=host, port=port, threads=threads, ident="retl")
 
 
@@ -84,10 +130,10 @@ def api(host: str, port: int, threads: int) -> None:
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
 def worker(concurrency: int, pool: str) -> None:
     """Run a Celery worker: runs, batches and the reaper."""
+    _require_servers()
     from worker.app import app
 
     settings = get_settings()
-    settings.require_database_url()
     app.worker_main([
         "worker", "--loglevel", settings.log_level, "-Q", f"{settings.queue},{settings.control_queue}",
         "--concurrency", str(concurrency), "--pool", pool, "--without-gossip", "--without-mingle",
@@ -97,20 +143,50 @@ def worker(concurrency: int, pool: str) -> None:
 @cli.command()
 def beat() -> None:
     """Run Celery beat: schedule ticks and the reaper."""
+    _require_servers()
     from worker.app import app
 
     settings = get_settings()
-    settings.require_database_url()
     settings.home.mkdir(parents=True, exist_ok=True)
     app.start(["beat", "--loglevel", settings.log_level, "-s", str(settings.home / "beat-schedule")])
+
+
+def _connect_host(host: str) -> str:
+    """Where this machine reaches an API listening on `host` (all interfaces: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _wait_until_serving(api_url: str, children: dict[str, subprocess.Popen]) -> None:
+    """Return once the API answers /healthz; a ClickException naming the process when a child
+    exits first or the API does not answer within STARTUP_SECONDS."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        for name, child in children.items():
+            if child.poll() is not None:
+                raise click.ClickException(
+                    f"the {name} process exited with status {child.returncode} while starting"
+                    " (its output is above)"
+                )
+        try:
+            if requests.get(f"{api_url}/healthz", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the api did not answer {api_url}/healthz within"
+                                       f" {STARTUP_SECONDS} s")
+        time.sleep(0.3)
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--concurrency", default=2, show_default=True, type=int, help="Worker processes.")
-def up(host: str, port: int, concurrency: int) -> None:
+@click.option("--demo", is_flag=True,
+              help="Also set up the demo: a DuckDB warehouse, a Postgres CRM, two syncs.")
+def up(host: str, port: int, concurrency: int, demo: bool) -> None:
     """The whole service on this machine: migrations, API, a worker and beat."""
+    from cli import demo as demo_setup
     from cli import embedded
     from shared.migrate import migrate as apply
 
@@ -121,7 +197,9 @@ def up(host: str, port: int, concurrency: int) -> None:
             f"another `retl up` is running with {settings.home}; stop it first"
             " (or set RETL_HOME to run a second one)"
         )
+    state.remove(settings.home)  # left by a `retl up` that was killed: its URLs are dead
     stopping = False
+    failure: str | None = None
 
     def _stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -132,12 +210,31 @@ def up(host: str, port: int, concurrency: int) -> None:
 
     redis_server = None
     children: dict[str, subprocess.Popen] = {}
+    connect = _connect_host(host)
+    api_url = f"http://[{connect}]:{port}" if ":" in connect else f"http://{connect}:{port}"
     try:
+        problem = state.port_problem(host, port)
+        if problem:
+            raise click.ClickException(
+                f"{problem}: stop what listens there, or choose another port with --port"
+                " (make run PORT=8300)"
+            )
         if not settings.redis_url:
-            redis_server = embedded.start_redis(settings.home)
+            try:
+                redis_server = embedded.start_redis(settings.home)
+            except (OSError, RuntimeError) as exc:
+                raise click.ClickException(f"the embedded Redis did not start: {exc}") from None
             os.environ["RETL_REDIS_URL"] = redis_server.url
             get_settings.cache_clear()
-        apply(_database_url())
+        try:
+            database_url = _database_url(create=True)
+            apply(database_url)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            raise click.ClickException(f"the database is not usable: {exc}") from None
+        if demo:
+            demo_setup.seed_warehouse(settings.home)
 
         retl = [sys.executable, "-m", "cli"]
         for name, args in (
@@ -146,15 +243,26 @@ def up(host: str, port: int, concurrency: int) -> None:
             ("beat", ["beat"]),
         ):
             children[name] = subprocess.Popen([*retl, *args], preexec_fn=embedded.die_with_parent)
-        click.echo(f"retl is up: http://{host}:{port}  (health: http://{host}:{port}/healthz)")
-        click.echo("create an API key with:  .venv/bin/retl api-key create   (Ctrl-C stops everything)")
+        _wait_until_serving(api_url, children)
+        state.write(settings.home, state.UpState(
+            pid=os.getpid(), api_url=api_url, database_url=database_url,
+            redis_url=get_settings().require_redis_url(),
+        ))
+        click.echo(f"retl is up: {api_url}  (health: {api_url}/healthz)")
+        if demo:
+            ready = demo_setup.set_up(settings.home, api_url, database_url)
+            click.echo(demo_setup.first_runs(ready, give_up=lambda: stopping))
+            click.echo(demo_setup.next_steps(ready))
+        else:
+            click.echo("create an API key with:  .venv/bin/retl api-key create   (Ctrl-C stops everything)")
         while not stopping:
             for name, child in children.items():
                 if child.poll() is not None:
-                    click.echo(f"{name} exited with {child.returncode}; stopping", err=True)
+                    failure = f"the {name} process exited with status {child.returncode}; stopped everything"
                     stopping = True
             time.sleep(0.5)
     finally:
+        state.remove(settings.home)
         for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -167,7 +275,14 @@ def up(host: str, port: int, concurrency: int) -> None:
         if redis_server is not None:
             redis_server.stop()
         lock.close()
-        click.echo("retl stopped")
+        if children:
+            click.echo("retl stopped", err=failure is not None)
+    if failure:
+        raise click.ClickException(failure)
+
+
+operator.register(cli)
+cli.add_command(demo_group)
 
 
 if __name__ == "__main__":
