@@ -312,11 +312,12 @@ class HubSpotHarness(HttpApiHarness):
         for n, i in enumerate(row_ids):
             message = ("Contact is on the blocklist", "Property values were not valid")[n % 2]
             fake.reject(str(i), message)
-            said[i] = message
+            said[i] = f"VALIDATION_ERROR: {message}"
         return said
 
-    def refusal_matches(self, expected: str, message: str) -> bool:
-        return expected in message  # HubSpot's message is wrapped in its error context
+    def not_found_message(self, key: str) -> str | None:
+        return ("OBJECT_NOT_FOUND: Could not get some CONTACT objects, they may be deleted or not"
+                " exist. Check that ids are valid.")
 
     def accept(self, fake: FakeHubSpot, table: Warehouse, row_ids: list[int]) -> None:
         fake.clear_rejections()
@@ -583,6 +584,9 @@ class SalesforceHarness(HttpApiHarness):
 
     def accept(self, fake: FakeSalesforce, table: Warehouse, row_ids: list[int]) -> None:
         fake.clear_rejections()
+
+    def not_found_message(self, key: str) -> str | None:
+        return f"no Account has External_Id__c = '{key}'"
 
 
 class MetaAudiencesHarness(HttpApiHarness):

@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 
 from connectors import pii
 from tests.e2e.conftest import (
+    assert_never_left,
     destination_status,
     dlq_entries,
     make_sync,
@@ -67,10 +68,7 @@ def _raw_values(count: int) -> list[str]:
 
 
 def _assert_no_raw_pii(meta: FakeMeta, *texts: str, count: int) -> None:
-    sent = [f"{r.path}?{r.query} {r.body.decode()}" for r in meta.requests]
-    for value in _raw_values(count):
-        for text in [*sent, *texts]:
-            assert value.lower() not in text.lower(), f"{value!r} left the worker"
+    assert_never_left(meta, _raw_values(count), *texts)
 
 
 def test_upsert_adds_everyone_hashed_and_mirror_removes_who_left(
