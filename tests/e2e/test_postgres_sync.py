@@ -60,7 +60,7 @@ def crm(database_url: str) -> Iterator[psycopg.Connection]:
 
 def _sync(account: Any, people: Warehouse, *, mode: str = "upsert",
           url: str | None = None) -> SyncSetup:
-    config = {"url": url or people.url, "schema": "crm", "rateLimitPerSecond": 1000}
+    config = {"url": url or people.admin_url, "schema": "crm", "rateLimitPerSecond": 1000}
     return make_sync(account, people, "postgres", config, object_name="contacts",
                      mappings=MAPPINGS, mode=mode)
 
