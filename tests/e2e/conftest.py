@@ -148,3 +148,12 @@ def resolutions(client: FlaskClient, key: str, setup: SyncSetup) -> dict[str, st
     """Record key → resolution of the sync's resolved DLQ entries."""
     resolved = dlq_entries(client, key, setup, resolved=True)
     return {record_key: entry["resolution"] for record_key, entry in resolved.items()}
+
+
+def assert_never_left(fake: FakeServer, values: list[str], *texts: str) -> None:
+    """None of `values` (raw personal data) is in any request the fake received, nor in `texts`
+    (logs, DLQ entries), in any letter case."""
+    sent = [f"{r.path}?{r.query} {r.body.decode()}" for r in fake.requests]
+    for value in values:
+        for text in [*sent, *texts]:
+            assert value.lower() not in text.lower(), f"{value!r} left the worker"

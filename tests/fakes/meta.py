@@ -85,6 +85,12 @@ class FakeMeta(FakeServer):
         self.audiences[audience_id] = audience
         return audience
 
+    def add_members(self, audience_id: str, members: list[dict[str, str]]) -> None:
+        """People already in the audience, as if added with these identifiers."""
+        with self._state:
+            for member in members:
+                _add(self.audiences[audience_id], member)
+
     def members(self, audience_id: str, key: str) -> set[str]:
         """The values of `key` the audience's members were added with."""
         return {m[key] for m in self.audiences[audience_id].members if m.get(key)}
