@@ -59,10 +59,10 @@ def _queue_tick(conn: psycopg.Connection, sync: syncs.Sync, now: dt.datetime) ->
     run, is_new = queue_run(conn, sync, trigger="schedule", scheduled_for=scheduled_for)
     syncs.set_next_run_at(conn, sync.id, following)
     if run is None:
-        log.info("sync %s: the tick for %s already has its run", sync.id, scheduled_for)
+        log.debug("sync %s: the tick for %s already has its run", sync.id, scheduled_for)
         return []
     if not is_new:
-        log.info("sync %s: tick for %s coalesced onto queued run %s", sync.id, scheduled_for, run.id)
+        log.debug("sync %s: tick for %s coalesced onto queued run %s", sync.id, scheduled_for, run.id)
         return []
     log.info("sync %s: queued run %s for %s; next at %s", sync.id, run.id, scheduled_for, following)
     return [run.id]

@@ -72,6 +72,7 @@ class DestinationLimiter:
         self.max_concurrency = max_concurrency
         self.slot_ttl_s = slot_ttl_s
         self._permit = client.register_script(_PERMIT_LUA)
+        self.waits = 0  # times a permit had to be waited for (a metric counts them)
 
     # -- rate ------------------------------------------------------------------------------------
 
@@ -158,6 +159,7 @@ class DestinationLimiter:
                 sleep = min(max(wait, _POLL_MIN_S), 1.0)
             if deadline_s is not None and time.monotonic() - started + sleep > deadline_s:
                 raise TimeoutError(f"no permit from {self.slots_key} and {self.rate_key} in time")
+            self.waits += 1
             time.sleep(sleep)
         try:
             yield
