@@ -7,11 +7,14 @@ warnings, errors) is logged at INFO and above; Celery's per-task chatter is not.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -108,9 +111,30 @@ def configure(process: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+    # billiard (Celery's pool) logs to "multiprocessing" without propagating: same format.
+    pool_logger = logging.getLogger("multiprocessing")
+    pool_logger.handlers, pool_logger.propagate = [handler], False
+    # Python's warnings (Celery's running-as-root warning, deprecations) as log lines too.
+    logging.captureWarnings(True)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     logging.getLogger("werkzeug").setLevel(max(level, logging.WARNING))
+
+
+def say(message: str, *_: Any) -> None:
+    """One line written straight to stderr in the configured format, for what Celery prints from
+    its signal handlers ("worker: Warm shutdown"), where taking the logging locks is unsafe."""
+    event = {"event": message.strip(), "level": "info", "logger": "celery.apps.worker",
+             "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+             "process": _process}
+    if get_settings().log_format == "json":
+        line = json.dumps(event)
+    else:
+        line = f"{event['timestamp']} [info     ] {event['event']}"
+    try:
+        os.write(sys.__stderr__.fileno(), (line + "\n").encode())
+    except OSError:  # losing this line must never stop the shutdown that prints it
+        pass
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from celery.apps import worker as celery_worker_program
 from celery.signals import setup_logging, task_prerun, worker_process_init
 
 from connectors import registry
@@ -44,8 +45,10 @@ def _fresh_pool_after_fork(**_: object) -> None:
 @setup_logging.connect
 def _retl_logging(**_: object) -> None:
     # Connected, so Celery leaves logging alone: retl's format and quiet levels hold for
-    # Celery's own lines too (`celery -A worker.app worker` as well as `retl worker`).
+    # Celery's own lines too (`celery -A worker.app worker` as well as `retl worker`). What
+    # Celery prints from its signal handlers goes out in the same format.
     logs.configure()
+    celery_worker_program.safe_say = logs.say
 
 
 @task_prerun.connect
