@@ -124,6 +124,8 @@ def _serve_worker_metrics(host: str, port: int) -> None:
 @cli.command()
 def beat() -> None:
     """Run Celery beat: schedule ticks and the reaper."""
+    from celery.signals import after_task_publish
+
     from shared.logs import configure, get_logger
     from worker.app import app
 
@@ -131,6 +133,13 @@ def beat() -> None:
     settings.require_database_url()
     settings.home.mkdir(parents=True, exist_ok=True)
     configure("beat")
+    heartbeat = settings.home / "beat-heartbeat"
+
+    @after_task_publish.connect(weak=False)
+    def _alive(**_: object) -> None:
+        # A health check reads this file's age: beat is alive while it keeps sending ticks.
+        heartbeat.touch()
+
     get_logger("retl.beat").info("beat started", interval_s=settings.beat_interval_s)
     app.start(["--quiet", "beat", "--loglevel", settings.log_level,
                "-s", str(settings.home / "beat-schedule")])

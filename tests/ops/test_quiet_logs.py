@@ -38,6 +38,8 @@ def test_an_idle_beat_and_worker_print_nothing_at_info_and_a_scheduled_run_says_
 
         idle = beat.lines(beat_from) + worker.lines(worker_from)
         assert [line for line in idle if line["level"] not in ("warning", "error")] == [], idle
+        # What compose's health check of beat reads: touched at every tick sent.
+        assert (tmp_path / "beat-heartbeat").exists()
 
         # The same processes are alive and ticking: a sync that is due gets its run.
         sync_id = _due_sync()
