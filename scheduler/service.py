@@ -8,17 +8,16 @@ runs(sync_id, scheduled_for) refuses a second run for the same tick whatever hap
 from __future__ import annotations
 
 import datetime as dt
-import logging
 
 import psycopg
 from croniter import CroniterError
 
-from shared import schedules
+from shared import logs, schedules
 from shared.db import transaction
 from shared.repositories import syncs
 from shared.services.runs import enqueue, queue_run
 
-log = logging.getLogger(__name__)
+log = logs.get_logger(__name__)
 
 # Syncs handled per transaction; a tick with more due goes on in further transactions.
 BATCH_SIZE = 500
@@ -64,5 +63,8 @@ def _queue_tick(conn: psycopg.Connection, sync: syncs.Sync, now: dt.datetime) ->
     if not is_new:
         log.debug("sync %s: tick for %s coalesced onto queued run %s", sync.id, scheduled_for, run.id)
         return []
-    log.info("sync %s: queued run %s for %s; next at %s", sync.id, run.id, scheduled_for, following)
+    log.info(
+        "scheduled run queued", sync_id=sync.id, run_id=run.id,
+        scheduled_for=scheduled_for.isoformat(), next_run_at=following.isoformat(),
+    )
     return [run.id]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Task
 
+from shared import logs
 from shared.queue import DELIVER_ALERT, EXECUTE_RUN, REAP, WRITE_BATCH, celery_app
 from shared.services import alerts
 from worker import runs
 
 app = celery_app()
-log = logging.getLogger(__name__)
+log = logs.get_logger(__name__)
 
 
 @app.task(name=EXECUTE_RUN, bind=True, max_retries=None)
@@ -34,8 +34,9 @@ def reap() -> dict[str, int]:
     report = runs.reap()
     if report.runs_enqueued or report.batches_enqueued or report.runs_finalized:
         # A pass that found nothing says nothing; one that found lost work says what it did.
-        log.info("reaper: %d runs and %d batches enqueued again, %d runs finalized",
-                 len(report.runs_enqueued), report.batches_enqueued, len(report.runs_finalized))
+        log.info("reaper found lost work", runs_enqueued=len(report.runs_enqueued),
+                 batches_enqueued=report.batches_enqueued,
+                 runs_finalized=len(report.runs_finalized))
     return {
         "runs_enqueued": len(report.runs_enqueued),
         "batches_enqueued": report.batches_enqueued,

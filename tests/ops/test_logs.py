@@ -8,7 +8,6 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from shared import logs
 from shared.services import run_events
@@ -32,7 +31,7 @@ def json_logs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) ->
     for name in (*logs.CHATTY_LOGGERS, "werkzeug"):
         logging.getLogger(name).setLevel(logging.NOTSET)
     logging.captureWarnings(False)
-    structlog.reset_defaults()
+    logs.configure_default()
     monkeypatch.undo()
     get_settings.cache_clear()
 
