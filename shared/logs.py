@@ -110,9 +110,11 @@ def configure(process: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
-    # billiard (Celery's pool) logs to "multiprocessing" without propagating: same format.
+    # billiard (Celery's pool) logs to "multiprocessing" without propagating: same format, and
+    # as Celery itself sets it, only its errors (not each child process started or stopped).
     pool_logger = logging.getLogger("multiprocessing")
     pool_logger.handlers, pool_logger.propagate = [handler], False
+    pool_logger.setLevel(max(level, logging.ERROR))
     # Python's warnings (Celery's running-as-root warning, deprecations) as log lines too.
     logging.captureWarnings(True)
     for name in CHATTY_LOGGERS:

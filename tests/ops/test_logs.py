@@ -28,6 +28,7 @@ def json_logs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) ->
     root.handlers, level = saved
     root.setLevel(level)
     logging.getLogger("multiprocessing").handlers = []
+    logging.getLogger("multiprocessing").setLevel(logging.NOTSET)
     for name in (*logs.CHATTY_LOGGERS, "werkzeug"):
         logging.getLogger(name).setLevel(logging.NOTSET)
     logging.captureWarnings(False)
