@@ -14,7 +14,7 @@ from shared.services.alerts import KINDS as ALERT_KINDS
 from shared.services.alerts import AlertEvent
 from shared.services.syncs import MODES, MODES_NEEDING_KEY
 from shared.settings import get_settings
-from shared.templates import compile_template
+from shared.templates import check_template
 
 NAME = validate.Length(min=1, max=200)
 ID = validate.Length(min=1, max=100)
@@ -68,8 +68,8 @@ class FieldMappingSchema(Strict):
             raise ValidationError("a key mapping takes its value from a source column", "key")
         if "template" in data:
             try:
-                compile_template(data["template"])
-            except Exception as exc:  # syntax, unknown filter, refused constant: the client's
+                check_template(data["template"])
+            except Exception as exc:  # syntax, unknown filter, over a limit: the client's
                 raise ValidationError(f"not a valid template: {exc}", "template") from None
 
 
