@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 from api import errors, metrics
-from api.routes import connections, dlq, keys, ops, runs, syncs
+from api.routes import alerts, connections, dlq, keys, ops, runs, syncs
 
 # Bodies above this are refused with 413 before any parsing.
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -35,7 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     for blueprint in (
         syncs.bp, runs.bp, dlq.bp, keys.bp, connections.destinations_bp, connections.sources_bp,
-        connections.discovery_bp, ops.bp,
+        connections.discovery_bp, alerts.bp, ops.bp,
     ):
         app.register_blueprint(blueprint)
     errors.register(app)

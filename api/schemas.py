@@ -10,6 +10,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from shared import schedules
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.services.alerts import KINDS as ALERT_KINDS
+from shared.services.alerts import AlertEvent
 from shared.services.syncs import MODES, MODES_NEEDING_KEY
 from shared.settings import get_settings
 from shared.templates import check_template
@@ -127,12 +129,51 @@ class ToggleSchema(Strict):
     enabled = JsonBoolean(required=True)
 
 
+class DlqFilterSchema(Strict):
+    syncId = fields.String(validate=ID)
+    errorCode = fields.String(validate=validate.Length(min=1, max=100))
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("give syncId, errorCode or both", "syncId")
+
+
 class ResolveSchema(Strict):
-    entryIds = fields.List(
-        fields.String(validate=ID), required=True, validate=validate.Length(min=1, max=1000)
-    )
+    """`entryIds`, or a `filter` that resolves every matching open entry."""
+
+    entryIds = fields.List(fields.String(validate=ID), validate=validate.Length(min=1, max=1000))
+    filter = fields.Nested(DlqFilterSchema)
     resolution = fields.String(required=True, validate=validate.Length(min=1, max=100))
     replay = JsonBoolean(load_default=False)
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **_: Any) -> None:
+        if ("entryIds" in data) == ("filter" in data):
+            raise ValidationError("give entryIds or filter", "entryIds")
+
+
+class _AlertChannelOptions(Strict):
+    events = fields.List(
+        fields.String(validate=validate.OneOf([str(e) for e in AlertEvent])),
+        validate=validate.Length(min=1, max=len(AlertEvent)),
+    )
+    dlqThreshold = fields.Integer(validate=validate.Range(min=1, max=10_000_000), allow_none=True)
+    enabled = JsonBoolean()
+
+
+class AlertChannelBodySchema(_AlertChannelOptions):
+    name = fields.String(required=True, validate=NAME)
+    kind = fields.String(required=True, validate=validate.OneOf(sorted(ALERT_KINDS)))
+    config = fields.Dict(keys=fields.String(validate=validate.Length(max=100)), required=True)
+
+
+class AlertChannelUpdateSchema(_AlertChannelOptions):
+    """Any subset of the create fields but `kind` (a channel keeps its kind); `config` is
+    merged, so the secret URL may be left out."""
+
+    name = fields.String(validate=NAME)
+    config = fields.Dict(keys=fields.String(validate=validate.Length(max=100)))
 
 
 class ConnectionBodySchema(Strict):
@@ -299,3 +340,18 @@ class ApiKeyAttributes(Schema):
     key = fields.String()
     created_at = UtcDateTime()
     revoked_at = UtcDateTime(allow_none=True)
+
+
+class AlertChannelAttributes(Schema):
+    name = fields.String()
+    kind = fields.String()
+    config = fields.Dict()
+    secrets_set = fields.List(fields.String())
+    events = fields.List(fields.String())
+    dlq_threshold = fields.Integer()
+    enabled = fields.Boolean()
+    last_delivery_at = UtcDateTime(allow_none=True)
+    last_delivery_status = fields.String(allow_none=True)
+    last_delivery_error = fields.String(allow_none=True)
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()

@@ -128,27 +128,67 @@ def api(host: str, port: int, threads: int) -> None:
 @cli.command()
 @click.option("--concurrency", default=2, show_default=True, type=int)
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
-def worker(concurrency: int, pool: str) -> None:
-    """Run a Celery worker: runs, batches and the reaper."""
+@click.option("--metrics-port", type=int, envvar="RETL_WORKER_METRICS_PORT",
+              help="Serve Prometheus metrics on this port (all pool processes summed).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              envvar="RETL_WORKER_METRICS_HOST", help="Address the metrics port listens on.")
+def worker(concurrency: int, pool: str, metrics_port: int | None, metrics_host: str) -> None:
+    """Run a Celery worker: runs, batches, alert deliveries and the reaper."""
     _require_servers()
+    settings = get_settings()
+    if metrics_port is not None:
+        _serve_worker_metrics(metrics_host, metrics_port)
+    from shared.logs import configure
     from worker.app import app
 
-    settings = get_settings()
+    configure("worker")
     app.worker_main([
-        "worker", "--loglevel", settings.log_level, "-Q", f"{settings.queue},{settings.control_queue}",
+        "--quiet", "worker", "--loglevel", settings.log_level,
+        "-Q", f"{settings.queue},{settings.control_queue}",
         "--concurrency", str(concurrency), "--pool", pool, "--without-gossip", "--without-mingle",
     ])
+
+
+def _serve_worker_metrics(host: str, port: int) -> None:
+    """Every pool process counts into a folder of its own for this worker (prometheus-client's
+    multiprocess mode); this process serves their sum. Set before anything imports
+    prometheus_client, and removed when the worker exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="retl-worker-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    from prometheus_client import start_http_server
+
+    from shared.metrics import worker_registry
+
+    start_http_server(port, addr=host, registry=worker_registry())
 
 
 @cli.command()
 def beat() -> None:
     """Run Celery beat: schedule ticks and the reaper."""
     _require_servers()
+    from celery.signals import after_task_publish
+
+    from shared.logs import configure, get_logger
     from worker.app import app
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    app.start(["beat", "--loglevel", settings.log_level, "-s", str(settings.home / "beat-schedule")])
+    configure("beat")
+    heartbeat = settings.home / "beat-heartbeat"
+
+    @after_task_publish.connect(weak=False)
+    def _alive(**_: object) -> None:
+        # A health check reads this file's age: beat is alive while it keeps sending ticks.
+        heartbeat.touch()
+
+    get_logger("retl.beat").info("beat started", interval_s=settings.beat_interval_s)
+    app.start(["--quiet", "beat", "--loglevel", settings.log_level,
+               "-s", str(settings.home / "beat-schedule")])
 
 
 def _connect_host(host: str) -> str:

@@ -8,17 +8,16 @@ runs(sync_id, scheduled_for) refuses a second run for the same tick whatever hap
 from __future__ import annotations
 
 import datetime as dt
-import logging
 
 import psycopg
 from croniter import CroniterError
 
-from shared import schedules
+from shared import logs, schedules
 from shared.db import transaction
 from shared.repositories import syncs
 from shared.services.runs import enqueue, queue_run
 
-log = logging.getLogger(__name__)
+log = logs.get_logger(__name__)
 
 # Syncs handled per transaction; a tick with more due goes on in further transactions.
 BATCH_SIZE = 500
@@ -59,10 +58,13 @@ def _queue_tick(conn: psycopg.Connection, sync: syncs.Sync, now: dt.datetime) ->
     run, is_new = queue_run(conn, sync, trigger="schedule", scheduled_for=scheduled_for)
     syncs.set_next_run_at(conn, sync.id, following)
     if run is None:
-        log.info("sync %s: the tick for %s already has its run", sync.id, scheduled_for)
+        log.debug("sync %s: the tick for %s already has its run", sync.id, scheduled_for)
         return []
     if not is_new:
-        log.info("sync %s: tick for %s coalesced onto queued run %s", sync.id, scheduled_for, run.id)
+        log.debug("sync %s: tick for %s coalesced onto queued run %s", sync.id, scheduled_for, run.id)
         return []
-    log.info("sync %s: queued run %s for %s; next at %s", sync.id, run.id, scheduled_for, following)
+    log.info(
+        "scheduled run queued", sync_id=sync.id, run_id=run.id,
+        scheduled_for=scheduled_for.isoformat(), next_run_at=following.isoformat(),
+    )
     return [run.id]

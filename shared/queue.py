@@ -18,6 +18,7 @@ EXECUTE_RUN = "retl.execute_run"
 WRITE_BATCH = "retl.write_batch"
 REAP = "retl.reap"
 SCHEDULE_TICK = "retl.schedule_tick"
+DELIVER_ALERT = "retl.deliver_alert"
 
 
 @cache
@@ -54,3 +55,13 @@ def send(task_name: str, *args: object) -> bool:
 
 def enqueue_run(run_id: str) -> bool:
     return send(EXECUTE_RUN, run_id)
+
+
+def send_control(task_name: str, *args: object) -> bool:
+    """Enqueue a task on the control queue (schedule ticks, the reaper, alert deliveries)."""
+    try:
+        celery_app().send_task(task_name, args=list(args), queue=get_settings().control_queue)
+        return True
+    except Exception as exc:
+        log.warning("could not enqueue %s: %s", task_name, exc)
+        return False

@@ -22,6 +22,9 @@ class Settings:
     min_schedule_interval_s: float
     reaper_interval_s: float
     log_level: str
+    log_format: str
+    alert_dlq_threshold: int
+    alert_retry_s: float
     queue: str
     duckdb_directories: tuple[str, ...]
     allow_privileged_sources: bool = False
@@ -65,6 +68,9 @@ def get_settings() -> Settings:
         min_schedule_interval_s=_float("RETL_MIN_SCHEDULE_INTERVAL_SECONDS", 60),
         reaper_interval_s=_float("RETL_REAPER_INTERVAL_SECONDS", 30),
         log_level=os.environ.get("RETL_LOG_LEVEL", "INFO"),
+        log_format="json" if os.environ.get("RETL_LOG_FORMAT", "").lower() == "json" else "text",
+        alert_dlq_threshold=int(_float("RETL_ALERT_DLQ_THRESHOLD", 100)),
+        alert_retry_s=_float("RETL_ALERT_RETRY_SECONDS", 5),
         queue=os.environ.get("RETL_QUEUE", "retl"),
         duckdb_directories=tuple(
             d for d in os.environ.get("RETL_DUCKDB_DIRECTORIES", "").split(os.pathsep) if d

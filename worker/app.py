@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_process_init
+from celery.apps import worker as celery_worker_program
+from celery.signals import setup_logging, task_prerun, worker_process_init
 
 from connectors import registry
 from connectors.sources import duckdb as duckdb_source
 from scheduler.beat import beat_schedule
-from shared import db
-from shared.queue import celery_app
+from shared import db, logs
+from shared.queue import EXECUTE_RUN, WRITE_BATCH, celery_app
+from shared.services.run_events import bind_run
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +40,19 @@ def _fresh_pool_after_fork(**_: object) -> None:
         duckdb_source.warm_up()
     except Exception as exc:  # only a head start: the first task opens what failed here
         log.warning("warming up the worker process failed: %s", exc)
+
+
+@setup_logging.connect
+def _retl_logging(**_: object) -> None:
+    # Connected, so Celery leaves logging alone: retl's format and quiet levels hold for
+    # Celery's own lines too (`celery -A worker.app worker` as well as `retl worker`). What
+    # Celery prints from its signal handlers goes out in the same format.
+    logs.configure()
+    celery_worker_program.safe_say = logs.say
+
+
+@task_prerun.connect
+def _bind_log_context(task: object = None, args: tuple = (), **_: object) -> None:
+    logs.clear()
+    if getattr(task, "name", None) in (EXECUTE_RUN, WRITE_BATCH) and args:
+        bind_run(str(args[0]))

@@ -22,6 +22,7 @@ from tenacity import (
 
 from connectors.destinations.base import Destination, Operation, Record, RecordResult
 from connectors.errors import ConnectorError, RetryableError
+from shared import metrics
 from worker.limits import DestinationLimiter
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,27 @@ class RetryAfterWait:
         return self.backoff(state)
 
 
-def retrying_passing_failures(policy: RetryPolicy, what: str) -> Retrying:
+def retrying_passing_failures(
+    policy: RetryPolicy, what: str, connector: str | None = None
+) -> Retrying:
     """tenacity's Retrying for calls to a destination: RetryableError is retried (honouring
-    Retry-After) until the policy's attempts run out, then re-raised; other errors escape."""
+    Retry-After) until the policy's attempts run out, then re-raised; other errors escape.
+    With `connector`, each retry (and each 429 among them) is counted in its metrics."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.debug("%s failed (%s); retry %d", what, exc, state.attempt_number)
+        if connector is not None:
+            metrics.RETRIES.labels(connector).inc()
+            if isinstance(exc, ConnectorError) and exc.code == "RATE_LIMIT":
+                metrics.RATE_LIMIT_WAITS.labels(connector).inc()
+
     return Retrying(
         retry=retry_if_exception_type(RetryableError),
         stop=stop_after_attempt(policy.attempts),
         wait=RetryAfterWait(policy),
         reraise=True,
-        before_sleep=lambda state: log.info(
-            "%s failed (%s); retry %d", what, state.outcome.exception(), state.attempt_number
-        ),
+        before_sleep=before_sleep,
     )
 
 
@@ -81,17 +92,45 @@ def write_with_retries(
     policy: RetryPolicy = RetryPolicy(), before_attempt: Callable[[], None] | None = None,
 ) -> BatchOutcome:
     """Send `records`; RetryableError escapes only when the retries ran out, AuthError and
-    ConnectorError at once. `before_attempt` runs before every call (claim renewal)."""
+    ConnectorError at once. `before_attempt` runs before every call (claim renewal). Rows
+    written and failed, the write's time, retries and rate-limit waits go to the metrics."""
+    connector = getattr(destination, "type", "unknown")
+    started = time.perf_counter()
+    try:
+        outcome = _write_with_retries(
+            destination, limiter, object_name=object_name, operation=operation,
+            key_field=key_field, records=records, policy=policy, before_attempt=before_attempt,
+        )
+    except Exception:
+        metrics.ROWS_FAILED.labels(connector).inc(len(records))
+        raise
+    finally:
+        metrics.BATCH_WRITE_SECONDS.labels(connector).observe(time.perf_counter() - started)
+    accepted = sum(1 for result in outcome.results if result.ok)
+    metrics.ROWS_WRITTEN.labels(connector).inc(accepted)
+    metrics.ROWS_FAILED.labels(connector).inc(len(outcome.results) - accepted)
+    return outcome
+
+
+def _write_with_retries(
+    destination: Destination, limiter: DestinationLimiter | None, *, object_name: str,
+    operation: Operation, key_field: str, records: list[Record], policy: RetryPolicy,
+    before_attempt: Callable[[], None] | None,
+) -> BatchOutcome:
+    connector = getattr(destination, "type", "unknown")
 
     def one_call(batch: list[Record]) -> list[RecordResult]:
         if before_attempt is not None:
             before_attempt()
         if limiter is None:
             return destination.write_batch(object_name, operation, key_field, batch)
+        waits = limiter.waits
         with limiter.permit():
+            if limiter.waits > waits:
+                metrics.RATE_LIMIT_WAITS.labels(connector).inc()
             return destination.write_batch(object_name, operation, key_field, batch)
 
-    retrying = retrying_passing_failures(policy, "batch write")
+    retrying = retrying_passing_failures(policy, "batch write", connector)
     results: list[RecordResult | None] = [None] * len(records)
     pending = list(range(len(records)))
     for round_no in range(1, policy.attempts + 1):

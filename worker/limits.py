@@ -88,6 +88,7 @@ class DestinationLimiter:
         self.max_concurrency = max_concurrency
         self.slot_ttl_s = slot_ttl_s
         self._permit = client.register_script(_PERMIT_LUA)
+        self.waits = 0  # times a permit had to be waited for (a metric counts them)
 
     def _try(self, token: str, *, with_slot: bool) -> float | None:
         granted, wait = self._permit(
@@ -172,6 +173,7 @@ class DestinationLimiter:
                 sleep = min(max(wait, _POLL_MIN_S), 1.0)
             if deadline_s is not None and time.monotonic() - started + sleep > deadline_s:
                 raise TimeoutError(f"no permit from {self.slots_key} and {self.window_key} in time")
+            self.waits += 1
             time.sleep(sleep)
         try:
             yield

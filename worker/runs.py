@@ -28,6 +28,7 @@ from shared.repositories import connections, dlq, runs, syncs
 from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
 from shared.services.connections import record_status
+from shared.services.run_events import run_ended, run_started
 from shared.settings import get_settings
 from worker import dispatch
 from worker.destinations import destination_for
@@ -51,7 +52,7 @@ def execute_run(run_id: str) -> float | None:
         with transaction() as conn:
             lease = repo.take_lease(conn, run_id, dispatch.worker_id(), settings.lease_seconds)
     except psycopg.errors.UniqueViolation:
-        log.info("run %s waits: another run of its sync is running", run_id)
+        log.debug("run %s waits: another run of its sync is running", run_id)
         return max(1.0, settings.lease_seconds / 4)
     if lease is None:
         with transaction() as conn:
@@ -59,6 +60,7 @@ def execute_run(run_id: str) -> float | None:
         if state is not None and state.status == "running" and state.phase in (None, "planning"):
             return state.seconds_left + 0.5
         return None
+    run_started(run_id)
     try:
         with Heartbeat(run_id, lease.fencing_token) as heartbeat:
             context = load_context(lease)
@@ -137,6 +139,8 @@ def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
             repo.end_run(conn, lease.run_id, lease.fencing_token, status, error)
     except LeaseLost:
         log.warning("run %s ended elsewhere before it could be marked %s", lease.run_id, status)
+        return
+    run_ended(lease.run_id)
 
 
 # -- write a batch -------------------------------------------------------------------------------
@@ -577,6 +581,7 @@ def finalize(run_id: str, token: int) -> str | None:
         record_status(sync.destination_id, "auth_failed", progress.abort_error)
     elif written > 0:
         record_status(sync.destination_id, "connected", None)
+    run_ended(run_id)
     return status
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Task
 
-from shared.queue import EXECUTE_RUN, REAP, WRITE_BATCH, celery_app
+from shared import logs
+from shared.queue import DELIVER_ALERT, EXECUTE_RUN, REAP, WRITE_BATCH, celery_app
+from shared.services import alerts
 from worker import runs
 
 app = celery_app()
+log = logs.get_logger(__name__)
 
 
 @app.task(name=EXECUTE_RUN, bind=True, max_retries=None)
@@ -27,8 +32,20 @@ def write_batch(run_id: str, batch_no: int, token: int) -> str:
 @app.task(name=REAP)
 def reap() -> dict[str, int]:
     report = runs.reap()
+    if report.runs_enqueued or report.batches_enqueued or report.runs_finalized:
+        # A pass that found nothing says nothing; one that found lost work says what it did.
+        log.info("reaper found lost work", runs_enqueued=len(report.runs_enqueued),
+                 batches_enqueued=report.batches_enqueued,
+                 runs_finalized=len(report.runs_finalized))
     return {
         "runs_enqueued": len(report.runs_enqueued),
         "batches_enqueued": report.batches_enqueued,
         "runs_finalized": len(report.runs_finalized),
     }
+
+
+@app.task(name=DELIVER_ALERT, bind=True, max_retries=None)
+def deliver_alert(self: Task, channel_id: str, alert: dict[str, Any]) -> None:
+    retry_in = alerts.deliver(channel_id, alert, attempt=self.request.retries)
+    if retry_in is not None:
+        raise self.retry(countdown=retry_in)

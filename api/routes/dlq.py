@@ -36,5 +36,9 @@ def stats():
 @bp.post("/dlq/resolve")
 def resolve():
     args = body(schemas.ResolveSchema)
-    result = dlq.resolve(workspace_id(), args["entryIds"], args["resolution"], args["replay"])
+    matching = args.get("filter", {})
+    result = dlq.resolve(
+        workspace_id(), args.get("entryIds"), args["resolution"], args["replay"],
+        sync_id=matching.get("syncId"), error_code=matching.get("errorCode"),
+    )
     return one("reverse_etl_dlq_resolve", None, schemas.DlqResolveAttributes(), result)

@@ -111,6 +111,9 @@ class Destination(ABC):
     # batch is stored, loaded and encoded as plain JSON values: cheaper at every step than
     # carrying Decimal and datetime objects to the encoder. None: values travel as they are.
     json_form: ClassVar[Callable[[Any], Any] | None] = None
+    # A destination that creates a field the first time a record names it (Iterable's
+    # dataFields): a sync may map fields its discovery does not list yet.
+    accepts_new_fields: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config

@@ -191,6 +191,8 @@ class _Prepared:
 class IterableDestination(Destination):
     type: ClassVar[str] = "iterable"
     label: ClassVar[str] = "Iterable"
+    # Iterable adds a user or event data field the first time a record carries it.
+    accepts_new_fields: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField("apiKey", required=True, secret=True, description="Server-side API key."),
         ConfigField(

@@ -87,6 +87,29 @@ def entries_by_ids(
         return cur.fetchall()
 
 
+def open_entries_matching(
+    conn: psycopg.Connection, workspace_id: str, *, sync_id: str | None, error_code: str | None
+) -> list[DlqEntry]:
+    with conn.cursor(row_factory=class_row(DlqEntry)) as cur:
+        cur.execute(
+            f"SELECT {COLUMNS} FROM dlq_entries WHERE workspace_id = %s AND NOT resolved"
+            " AND (%s::text IS NULL OR sync_id = %s)"
+            " AND (%s::text IS NULL OR error_code = %s)"
+            " ORDER BY id FOR UPDATE",
+            (workspace_id, sync_id, sync_id, error_code, error_code),
+        )
+        return cur.fetchall()
+
+
+def resolve_open_for_sync(conn: psycopg.Connection, sync_id: str, resolution: str) -> int:
+    """Resolve every open entry of the sync; how many were open."""
+    return conn.execute(
+        "UPDATE dlq_entries SET resolved = true, resolved_at = now(), resolution = %s"
+        " WHERE sync_id = %s AND NOT resolved",
+        (resolution, sync_id),
+    ).rowcount
+
+
 def resolve(conn: psycopg.Connection, entry_ids: list[str], resolution: str) -> dt.datetime:
     row = conn.execute(
         "UPDATE dlq_entries SET resolved = true, resolved_at = now(), resolution = %s"

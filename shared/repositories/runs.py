@@ -174,3 +174,55 @@ def active_for_sync(conn: psycopg.Connection, sync_id: str) -> bool:
 
 def count_by_status(conn: psycopg.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+
+
+@dataclass
+class Backlog:
+    batches_waiting: int
+    runs_queued: int
+
+
+def backlog(conn: psycopg.Connection) -> Backlog:
+    """Work waiting for a worker across the fleet: stored batches not yet written, queued runs."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM run_batches WHERE status = 'pending'),"
+        " (SELECT count(*) FROM runs WHERE status = 'queued')"
+    ).fetchone()
+    return Backlog(row[0], row[1])
+
+
+@dataclass
+class RunContext:
+    """What a log line or an alert tells about a run besides its own row."""
+
+    run: Run
+    sync_name: str
+    destination_id: str
+    connector: str | None  # None when the destination was deleted
+
+
+def context(conn: psycopg.Connection, run_id: str) -> RunContext | None:
+    with conn.cursor(row_factory=class_row(Run)) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM runs WHERE id = %s", (run_id,))
+        run = cur.fetchone()
+    if run is None:
+        return None
+    row = conn.execute(
+        "SELECT s.name, s.destination_id, c.connector FROM syncs s"
+        " LEFT JOIN connections c ON c.id = s.destination_id WHERE s.id = %s",
+        (run.sync_id,),
+    ).fetchone()
+    return RunContext(run, row[0], row[1], row[2])
+
+
+def previous_outcome(conn: psycopg.Connection, sync_id: str, run_id: str) -> str | None:
+    """The status of the sync's last run that ended `succeeded` or `failed` before `run_id`
+    (cancelled runs say nothing about the sync's health); None when there is none."""
+    row = conn.execute(
+        "SELECT status FROM runs WHERE sync_id = %s AND id <> %s"
+        " AND status IN ('succeeded', 'failed') AND finished_at IS NOT NULL"
+        " AND finished_at <= (SELECT coalesce(finished_at, now()) FROM runs WHERE id = %s)"
+        " ORDER BY finished_at DESC, id DESC LIMIT 1",
+        (sync_id, run_id, run_id),
+    ).fetchone()
+    return row[0] if row else None

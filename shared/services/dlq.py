@@ -44,27 +44,40 @@ class Resolution:
     resolved_at: dt.datetime
 
 
-def resolve(workspace_id: str, entry_ids: list[str], resolution: str, replay: bool) -> Resolution:
-    """Mark entries resolved; with replay, queue one run per sync that writes only their records.
+def resolve(
+    workspace_id: str, entry_ids: list[str] | None, resolution: str, replay: bool, *,
+    sync_id: str | None = None, error_code: str | None = None,
+) -> Resolution:
+    """Mark entries resolved — the listed ones, or with no list every open entry matching the
+    filter (`sync_id`, `error_code`) — and with replay, queue one run per sync that writes only
+    their records.
 
-    Entries already resolved are answered as resolved without change; an unknown id is a 404
-    and nothing is resolved."""
-    wanted = list(dict.fromkeys(entry_ids))
+    Listed entries already resolved are answered as resolved without change; an unknown id is a
+    404 and nothing is resolved; so is a filter naming an unknown sync."""
     new_runs: list[str] = []
     replay_runs: list[str] = []
     with transaction() as conn:
-        entries = dlq.entries_by_ids(conn, workspace_id, wanted)
-        found = {e.id for e in entries}
-        missing = [i for i in wanted if i not in found]
-        if missing:
-            raise NotFound(f"no DLQ entries {', '.join(missing)}", pointer="/entryIds")
+        if entry_ids is None:
+            if sync_id is not None and syncs.get(conn, workspace_id, sync_id) is None:
+                raise NotFound(f"no sync {sync_id}", pointer="/filter/syncId")
+            entries = dlq.open_entries_matching(
+                conn, workspace_id, sync_id=sync_id, error_code=error_code
+            )
+            wanted = [e.id for e in entries]
+        else:
+            wanted = list(dict.fromkeys(entry_ids))
+            entries = dlq.entries_by_ids(conn, workspace_id, wanted)
+            found = {e.id for e in entries}
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                raise NotFound(f"no DLQ entries {', '.join(missing)}", pointer="/entryIds")
         resolved_at = dlq.resolve(conn, [e.id for e in entries if not e.resolved], resolution)
         if replay:
             keys_by_sync: dict[str, list[str]] = defaultdict(list)
             for entry in entries:
                 keys_by_sync[entry.sync_id].append(entry.record_key)
-            for sync_id, keys in keys_by_sync.items():
-                sync = syncs.get(conn, workspace_id, sync_id, for_update=True)
+            for entry_sync_id, keys in keys_by_sync.items():
+                sync = syncs.get(conn, workspace_id, entry_sync_id, for_update=True)
                 if sync is None:  # deleted since: nothing to replay into
                     continue
                 run, is_new = run_service.queue_run(conn, sync, trigger="replay", replay_keys=keys)

@@ -10,7 +10,8 @@ from shared import ids, schedules
 from shared.db import transaction
 from shared.errors import Conflict, Invalid, NotFound
 from shared.pagination import Page, decode_cursor, page_of
-from shared.repositories import connections, runs, syncs
+from shared.repositories import connections, dlq, runs, syncs
+from shared.services.connections import open_connector
 from shared.settings import get_settings
 
 MODES = ("upsert", "insert", "update", "delete", "mirror")
@@ -67,6 +68,34 @@ def _check(conn: Any, workspace_id: str, values: dict[str, Any]) -> None:
         raise Invalid(str(exc), pointer=f"/schedule/{exc.field}") from None
 
 
+def _check_destination_fields(workspace_id: str, values: dict[str, Any]) -> None:
+    """Refuse a mapping to a field the destination's discovery does not list (422 pointing at
+    the mapping). Accepted unchecked when the destination lists no fields, creates fields on
+    first write, or cannot be asked now (unreachable, credentials refused): the run reports
+    what the destination then says."""
+    with transaction() as conn:
+        record = connections.get(conn, workspace_id, "destination", values.get("destination_id", ""))
+    if record is None or registry.destination_class(record.connector).accepts_new_fields:
+        return
+    try:
+        destination = open_connector(record)
+        try:
+            known = {f.name for f in destination.list_fields(values["object_name"])}
+        finally:
+            destination.close()
+    except Exception:  # discovery failed: nothing to check against
+        return
+    if not known:
+        return
+    for index, mapping in enumerate(values["field_mappings"]):
+        if mapping["destination"] not in known:
+            raise Invalid(
+                f"{record.connector} {values['object_name']} has no field"
+                f" {mapping['destination']!r} (GET /api/reverse-etl/fields lists its fields)",
+                pointer=f"/fieldMappings/{index}/destination",
+            )
+
+
 def _default_source_id(conn: Any, workspace_id: str) -> str:
     source = connections.first_source(conn, workspace_id)
     if source is None:
@@ -82,6 +111,7 @@ def create(workspace_id: str, body: dict[str, Any]) -> syncs.Sync:
     values = {_COLUMNS[k]: v for k, v in body.items() if k in _COLUMNS}
     values.setdefault("schedule", {"type": "manual"})
     values.setdefault("enabled", True)
+    _check_destination_fields(workspace_id, values)
     with transaction() as conn:
         if not values.get("source_id"):
             values["source_id"] = _default_source_id(conn, workspace_id)
@@ -111,6 +141,10 @@ def list_page(
 
 def update(workspace_id: str, sync_id: str, body: dict[str, Any]) -> syncs.Sync:
     """Partial update: the fields given replace the stored ones; the result is checked whole."""
+    if body.keys() & {"fieldMappings", "objectName", "destinationId"}:
+        stored = get(workspace_id, sync_id)
+        changes = {_COLUMNS[k]: v for k, v in body.items() if k in _COLUMNS}
+        _check_destination_fields(workspace_id, {**stored.__dict__, **changes})
     with transaction() as conn:
         sync = syncs.get(conn, workspace_id, sync_id, for_update=True)
         if sync is None:
@@ -152,4 +186,6 @@ def delete(workspace_id: str, sync_id: str) -> syncs.Sync:
             raise NotFound(f"no sync {sync_id}")
         # Queued runs of a deleted sync are cancelled; a running one finishes what it started.
         runs.cancel_queued_for_sync(conn, sync_id)
+        # Nobody will fix or replay a deleted sync's records: its entries leave the open counts.
+        dlq.resolve_open_for_sync(conn, sync_id, "sync_deleted")
         return syncs.soft_delete(conn, sync_id)
