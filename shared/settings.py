@@ -24,6 +24,10 @@ class Settings:
     log_level: str
     queue: str
     duckdb_directories: tuple[str, ...]
+    # Hosts, CIDRs (and socket folders) a workspace's connections may reach though the egress
+    # policy closes them by default, and those it closes though they would be open.
+    egress_allow: str = ""
+    egress_deny: str = ""
 
     @property
     def control_queue(self) -> str:
@@ -66,4 +70,6 @@ def get_settings() -> Settings:
         duckdb_directories=tuple(
             d for d in os.environ.get("RETL_DUCKDB_DIRECTORIES", "").split(os.pathsep) if d
         ),
+        egress_allow=os.environ.get("RETL_EGRESS_ALLOW", ""),
+        egress_deny=os.environ.get("RETL_EGRESS_DENY", ""),
     )

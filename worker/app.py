@@ -13,10 +13,12 @@ from connectors import registry
 from connectors.sources import duckdb as duckdb_source
 from scheduler.beat import beat_schedule
 from shared import db
+from shared.logs import install_redaction
 from shared.queue import celery_app
 
 log = logging.getLogger(__name__)
 
+install_redaction()
 app = celery_app()
 app.conf.include = ["worker.tasks", "scheduler.tasks"]
 app.conf.beat_schedule = beat_schedule()

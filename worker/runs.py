@@ -27,7 +27,7 @@ from shared.db import transaction
 from shared.repositories import connections, dlq, runs, syncs
 from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
-from shared.services.connections import record_status
+from shared.services.connections import record_status, redactor_for
 from shared.settings import get_settings
 from worker import dispatch
 from worker.destinations import destination_for
@@ -108,9 +108,20 @@ def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
     try:
         with transaction() as conn:
             repo.fence(conn, lease.run_id, lease.fencing_token, durable=True)
+            if error is not None:
+                error = _run_redactor(conn, lease.sync_id)(error)
             repo.end_run(conn, lease.run_id, lease.fencing_token, status, error)
     except LeaseLost:
         log.warning("run %s ended elsewhere before it could be marked %s", lease.run_id, status)
+
+
+def _run_redactor(conn: psycopg.Connection, sync_id: str) -> Callable[[str], str]:
+    """What takes the secrets of a sync's source and destination out of a run's texts."""
+    sync = syncs.get_by_id(conn, sync_id)
+    if sync is None:
+        return redactor_for()
+    return redactor_for(connections.get_by_id(conn, sync.source_id),
+                        connections.get_by_id(conn, sync.destination_id))
 
 
 # -- write a batch -------------------------------------------------------------------------------
@@ -413,9 +424,13 @@ def _write_claimed(
         message = f"the destination connector failed: {type(exc).__name__}: {exc}"
         abort = ("UNKNOWN", message)
         results = [RecordResult.failure("UNKNOWN", message)] * len(records)
+    # Whatever the destination answered, none of its own secrets goes back into the DLQ.
+    redact = redactor_for(destination_record)
+    if abort is not None:
+        abort = (abort[0], redact(abort[1]))
     failures = [
         repo.Failure(record.key, record.key, result.code or "UNKNOWN",
-                     result.message or "refused by the destination")
+                     redact(result.message or "refused by the destination"))
         for record, result in zip(records, results, strict=True) if not result.ok
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,

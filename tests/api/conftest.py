@@ -43,9 +43,9 @@ def unused_port() -> int:
 
 
 @pytest.fixture
-def source_url(database_url: str) -> str:
-    """The test database as a source, with a password in the URL that must never be shown."""
-    return re.sub(r"^postgresql://([^:@/]+)@", rf"postgresql://\1:{SOURCE_PASSWORD}@", database_url)
+def source_url(warehouse_url: str) -> str:
+    """The warehouse database as a source, with a password in the URL that must never be shown."""
+    return re.sub(r"^postgresql://([^:@/]+)@", rf"postgresql://\1:{SOURCE_PASSWORD}@", warehouse_url)
 
 
 def create_destination(

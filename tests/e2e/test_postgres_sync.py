@@ -36,9 +36,9 @@ MAPPINGS = [
 
 
 @pytest.fixture
-def crm(database_url: str) -> Iterator[psycopg.Connection]:
+def crm(warehouse_url: str) -> Iterator[psycopg.Connection]:
     """Schema crm: the contacts table the syncs write and a log of every write to it."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(warehouse_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS crm CASCADE")
         conn.execute("""
             CREATE SCHEMA crm;
