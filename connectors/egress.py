@@ -430,9 +430,8 @@ class PostgresTarget:
 
 
 def postgres_target(url: str) -> PostgresTarget:
-    """Parse and check a workspace's Postgres URL without connecting or resolving."""
-    if not url.startswith(("postgres://", "postgresql://")):
-        raise ConnectorError("config url must be a postgresql:// URL")
+    """Parse and check a workspace's Postgres URL (or key=value connection string) without
+    connecting or resolving."""
     try:
         params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
     except psycopg.Error:

@@ -67,6 +67,8 @@ class PostgresSource(Source):
         super().__init__(config, **options)
         self._streaming: set[psycopg.Connection] = set()
         self.url = str(config.get("url") or "")
+        if not self.url.startswith(("postgres://", "postgresql://")):
+            raise ConnectorError("config url must be a postgresql:// URL")
         target = egress.postgres_target(self.url)
         self._where = f"{target.host}:{target.port}"
 
