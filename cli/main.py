@@ -12,6 +12,8 @@ import click
 
 from shared.settings import get_settings
 
+# What `retl up` lets workspaces reach on this machine when RETL_EGRESS_ALLOW is not set.
+LOOPBACK = "127.0.0.0/8,::1,localhost"
 # Embedded servers started by this process stay up as long as it holds them.
 _embedded: list[object] = []
 
@@ -138,6 +140,11 @@ def up(host: str, port: int, concurrency: int) -> None:
             os.environ["RETL_REDIS_URL"] = redis_server.url
             get_settings.cache_clear()
         apply(_database_url())
+        if os.environ.get("RETL_EGRESS_ALLOW") is None:
+            # One machine, one owner: warehouses and receivers on this machine are theirs to
+            # reach. A shared deployment sets the variable itself (see "Security model").
+            os.environ["RETL_EGRESS_ALLOW"] = LOOPBACK
+            get_settings.cache_clear()
 
         retl = [sys.executable, "-m", "cli"]
         for name, args in (
