@@ -490,6 +490,9 @@ def connect_postgres(url: str, **options: Any) -> psycopg.Connection[Any]:
         "password": target.params.get("password", ""),
         "passfile": NO_FILE,
         "gssencmode": "disable",
+        # Set, even empty, so libpq takes nothing from the worker's PGOPTIONS / PGHOSTADDR.
+        "options": target.params.get("options", ""),
+        "hostaddr": "",
     }
     if psycopg.pq.version() >= 160000:  # older libpq knows neither option
         # No client certificate of the worker's, no sign-in with the worker's Kerberos ticket.
@@ -508,4 +511,4 @@ def connect_postgres(url: str, **options: Any) -> psycopg.Connection[Any]:
             raise ConnectorError(f"cannot resolve the host {target.host}") from None
         params["host"] = ",".join([target.host] * len(addresses))
         params["hostaddr"] = ",".join(str(a) for a in addresses)
-    return psycopg.connect(**params, **options)
+    return psycopg.connect(**{**params, **options})

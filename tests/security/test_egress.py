@@ -220,14 +220,15 @@ def test_the_workers_own_PG_environment_never_reaches_a_workspace_connection(
     monkeypatch.setenv("PGDATABASE", name)
     monkeypatch.setenv("PGSERVICEFILE", str(services))
     monkeypatch.setenv("PGSERVICE", "retl")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=retl_private")
     # No database in the URL: libpq would take PGDATABASE (or the service's), retl's own.
     source = PostgresSource({"url": f"postgresql://postgres@localhost:{port}"})
     try:
-        (rows,) = list(source.stream("SELECT current_database()"))
+        (rows,) = list(source.stream("SELECT current_database(), current_setting('search_path')"))
     finally:
         source.close()
 
-    assert rows == [("postgres",)]
+    assert rows == [("postgres", '"$user", public')]
 
 
 def test_a_redirect_to_another_host_is_not_followed(client, api_key, internal: FakeInternalService):
