@@ -73,14 +73,16 @@ def test_loopback_is_closed_by_default_at_save_and_when_a_name_resolves_to_it(
     literal = {"url": f"http://127.0.0.1:{port}/latest/api/token", "method": "PUT"}
     assert_error(_create(client, api_key, "destination", "http", literal), 422, "/config/url")
 
-    # A name is only known to be loopback once it resolves: refused when it connects.
-    by_name = {"url": f"http://localhost:{port}/latest/api/token", "method": "PUT",
-               "headers": {"X-aws-ec2-metadata-token-ttl-seconds": "21600"}}
-    destination = _created(client, api_key, "destination", "http", by_name)
-    attributes = _tested(client, api_key, "destination", destination["id"])
+    # A name (or a number the resolver reads as an address) is only known to be loopback once
+    # it resolves: refused when it connects.
+    for host in ("localhost", "2130706433", "0x7f.1", "127.1"):
+        by_name = {"url": f"http://{host}:{port}/latest/api/token", "method": "PUT",
+                   "headers": {"X-aws-ec2-metadata-token-ttl-seconds": "21600"}}
+        destination = _created(client, api_key, "destination", "http", by_name)
+        attributes = _tested(client, api_key, "destination", destination["id"])
 
-    assert attributes["status"] == "error"
-    assert "refused" in attributes["status_message"]
+        assert attributes["status"] == "error", host
+        assert "refused" in attributes["status_message"], host
     assert internal.requests == []
 
 
