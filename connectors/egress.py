@@ -62,9 +62,8 @@ REDIS_PORT = 6379
 
 
 class EgressRefused(ConnectorError):
-    """The connection would go somewhere a workspace may not reach."""
-
-    code = "EGRESS"
+    """The connection would go somewhere a workspace may not reach (DLQ code UNKNOWN, as any
+    other whole-call failure that retrying will not fix)."""
 
 
 @dataclass(frozen=True)
