@@ -28,6 +28,9 @@ class Settings:
     # policy closes them by default, and those it closes though they would be open.
     egress_allow: str = ""
     egress_deny: str = ""
+    allow_privileged_sources: bool = False
+    duckdb_memory_limit: str = "1GB"
+    duckdb_threads: int = 2
 
     @property
     def control_queue(self) -> str:
@@ -72,4 +75,7 @@ def get_settings() -> Settings:
         ),
         egress_allow=os.environ.get("RETL_EGRESS_ALLOW", ""),
         egress_deny=os.environ.get("RETL_EGRESS_DENY", ""),
+        allow_privileged_sources=os.environ.get("RETL_ALLOW_PRIVILEGED_SOURCES", "") == "1",
+        duckdb_memory_limit=os.environ.get("RETL_DUCKDB_MEMORY_LIMIT") or "1GB",
+        duckdb_threads=int(_float("RETL_DUCKDB_THREADS", 2)),
     )

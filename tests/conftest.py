@@ -61,6 +61,13 @@ def egress_allow() -> str:
 
 
 @pytest.fixture(scope="session")
+def reader_url(warehouse_url: str) -> str:
+    """The warehouse database as a source should see it: as a role that can only read (the
+    database's later tables included)."""
+    return services.reader_url(warehouse_url)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     return _redis_url()
 
