@@ -167,8 +167,8 @@ def test_retl_own_database_is_refused_however_it_is_spelled(client, api_key, kin
         assert "reserved for retl" in attributes["status_message"], url
 
 
-def test_another_database_on_retl_own_server_is_allowed(client, api_key, warehouse_url):
-    source = _created(client, api_key, "source", "postgres", {"url": warehouse_url})
+def test_another_database_on_retl_own_server_is_allowed(client, api_key, reader_url):
+    source = _created(client, api_key, "source", "postgres", {"url": reader_url})
 
     assert _tested(client, api_key, "source", source["id"])["status"] == "connected"
 
@@ -224,7 +224,9 @@ def test_the_workers_own_PG_environment_never_reaches_a_workspace_connection(
     monkeypatch.setenv("PGSERVICE", "retl")
     monkeypatch.setenv("PGOPTIONS", "-c search_path=retl_private")
     # No database in the URL: libpq would take PGDATABASE (or the service's), retl's own.
-    source = PostgresSource({"url": f"postgresql://postgres@localhost:{port}"})
+    # The role is the server's superuser here, so that it may connect to its own database.
+    source = PostgresSource({"url": f"postgresql://postgres@localhost:{port}"},
+                            allow_privileged=True)
     try:
         (rows,) = list(source.stream("SELECT current_database(), current_setting('search_path')"))
     finally:

@@ -121,13 +121,12 @@ KEYS = {"http": "id", "hubspot": "email", "iterable": "email", "salesforce": "Ex
 
 
 def test_no_configured_secret_appears_in_any_response_or_log_line(
-    client, account, driver, warehouse, warehouse_url, vendors, caplog
+    client, account, driver, warehouse, warehouse_url, reader_url, vendors, caplog
 ):
     caplog.set_level(logging.DEBUG)
     warehouse.insert(3)
     api = Recorder(client, account.key)
-    source_url = warehouse_url.replace("postgresql://postgres@",
-                                       f"postgresql://postgres:{SECRETS['source password']}@")
+    source_url = reader_url.replace("@", f":{SECRETS['source password']}@", 1)
 
     source = api.call("post", "/sources", {"name": "warehouse", "connector": "postgres",
                                            "config": {"url": source_url}})["data"]
