@@ -9,6 +9,7 @@ from flask import Flask
 
 from api import errors, metrics
 from api.routes import alerts, connections, dlq, keys, ops, runs, syncs
+from shared.logs import install_redaction
 
 # Bodies above this are refused with 413 before any parsing.
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -28,6 +29,7 @@ class VersionPrefix:
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    install_redaction()
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     if test_config:

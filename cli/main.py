@@ -16,6 +16,8 @@ from cli import operator, state
 from cli.demo import demo_group
 from shared.settings import get_settings
 
+# What `retl up` lets workspaces reach on this machine when RETL_EGRESS_ALLOW is not set.
+LOOPBACK = "127.0.0.0/8,::1,localhost"
 # Embedded servers started by this process stay up as long as it holds them.
 _embedded: list[object] = []
 STARTUP_SECONDS = 90
@@ -63,6 +65,14 @@ def _database_url(create: bool = False) -> str:
     os.environ["RETL_DATABASE_URL"] = url
     get_settings.cache_clear()
     return url
+
+
+def _socket_dirs(database_url: str) -> list[str]:
+    """The unix-socket folder a database URL names, if it names one."""
+    import psycopg
+
+    host = psycopg.conninfo.conninfo_to_dict(database_url).get("host") or ""
+    return [host] if host.startswith("/") else []
 
 
 def _require_servers() -> None:
@@ -275,6 +285,12 @@ def up(host: str, port: int, concurrency: int, demo: bool) -> None:
             raise click.ClickException(f"the database is not usable: {exc}") from None
         if demo:
             demo_setup.seed_warehouse(settings.home)
+        if os.environ.get("RETL_EGRESS_ALLOW") is None:
+            # One machine, one owner: warehouses and receivers on this machine are theirs to
+            # reach (the embedded server's socket too: the demo's CRM is a database of its
+            # own there). A shared deployment sets the variable itself ("Security model").
+            os.environ["RETL_EGRESS_ALLOW"] = ",".join([LOOPBACK, *_socket_dirs(database_url)])
+            get_settings.cache_clear()
 
         retl = [sys.executable, "-m", "cli"]
         for name, args in (

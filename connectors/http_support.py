@@ -29,6 +29,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, moment.timestamp() - time.time())
 
 
+def excerpt(text: str | None, limit: int = 200) -> str:
+    """At most `limit` characters of a vendor's answer, on one line: enough to explain a
+    refusal, never a whole page of whatever answered."""
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def passing_failure(status: int, headers: Mapping[str, str], message: str) -> RetryableError | None:
     """The RetryableError for a 429 (code RATE_LIMIT) or a 5xx, with the server's Retry-After;
     None for any other status."""

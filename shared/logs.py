@@ -1,5 +1,7 @@
 """Logging for every retl process: quiet by default, text or JSON lines (RETL_LOG_FORMAT), the
-run, sync and destination ids bound wherever they apply, and credentials masked.
+run, sync and destination ids bound wherever they apply, and credentials masked: every record
+also passes through the redactor of the secrets of workspaces' connections this process has
+seen (`install_redaction`).
 
 structlog renders every line, the stdlib's (Celery, waitress, kombu) included, so one format
 holds for the whole process. Quiet means: what an operator acts on (a run started or ended,
@@ -19,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from connectors.redaction import redact_known
 from shared.settings import get_settings
 
 # Celery's per-task lines ("Received task", "Task … succeeded", beat's "Sending due task") are
@@ -67,10 +70,40 @@ def _renderer(fmt: str) -> structlog.types.Processor:
     return structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
 
 
+_formatter = logging.Formatter()
+_installed = False
+
+
+def install_redaction() -> None:
+    """Make every log record of this process pass through `redact_known` (its message and its
+    traceback), whatever handler later writes it."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    previous = logging.getLogRecordFactory()
+
+    def redacting_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed call is logging's to report, as it is
+            return record
+        clean = redact_known(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact_known(_formatter.formatException(record.exc_info))
+        return record
+
+    logging.setLogRecordFactory(redacting_record)
+
+
 def configure(process: str | None = None) -> None:
     """Set up logging for this process (`api`, `worker`, `beat`, …): RETL_LOG_LEVEL and
     RETL_LOG_FORMAT (`text`, the default, or `json`: one JSON object per line)."""
     global _process
+    install_redaction()
     if process:
         _process = process
     settings = get_settings()

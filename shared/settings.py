@@ -27,6 +27,10 @@ class Settings:
     alert_retry_s: float
     queue: str
     duckdb_directories: tuple[str, ...]
+    # Hosts, CIDRs (and socket folders) a workspace's connections may reach though the egress
+    # policy closes them by default, and those it closes though they would be open.
+    egress_allow: str = ""
+    egress_deny: str = ""
     allow_privileged_sources: bool = False
     duckdb_memory_limit: str = "1GB"
     duckdb_threads: int = 2
@@ -75,6 +79,8 @@ def get_settings() -> Settings:
         duckdb_directories=tuple(
             d for d in os.environ.get("RETL_DUCKDB_DIRECTORIES", "").split(os.pathsep) if d
         ),
+        egress_allow=os.environ.get("RETL_EGRESS_ALLOW", ""),
+        egress_deny=os.environ.get("RETL_EGRESS_DENY", ""),
         allow_privileged_sources=os.environ.get("RETL_ALLOW_PRIVILEGED_SOURCES", "") == "1",
         duckdb_memory_limit=os.environ.get("RETL_DUCKDB_MEMORY_LIMIT") or "1GB",
         duckdb_threads=int(_float("RETL_DUCKDB_THREADS", 2)),

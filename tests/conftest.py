@@ -1,5 +1,7 @@
-"""Test fixtures: a migrated database per test process, wiped before each test; a Redis
-database per test process, flushed before each test; API clients with keys."""
+"""Test fixtures: a migrated database per test process, wiped before each test; a second
+database per test process for the warehouses and tables syncs read and write (retl's own
+database is never a workspace's); a Redis database per test process, flushed before each test;
+API clients with keys."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 import redis
+from psycopg.conninfo import conninfo_to_dict
 
 from shared import db
 from shared.migrate import migrate
@@ -18,6 +21,10 @@ from tests import services
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 # Per process, so that several test sessions on one machine never share state.
 TEST_DATABASE = f"retl_test_{WORKER}_{os.getpid()}"
+WAREHOUSE_DATABASE = f"retl_test_wh_{WORKER}_{os.getpid()}"
+# The fakes and the test databases listen on loopback, which the egress policy closes unless
+# it is allowed.
+LOOPBACK = "127.0.0.0/8,::1"
 
 
 def _redis_url() -> str:
@@ -38,10 +45,26 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def reader_url(database_url: str) -> str:
-    """The test database as a source should see it: as a role that can only read (the
+def warehouse_url() -> Iterator[str]:
+    """A database on the test server for sources and Postgres destinations."""
+    url = services.recreate_database(WAREHOUSE_DATABASE)
+    yield url
+    services.drop_database(WAREHOUSE_DATABASE)
+
+
+def egress_allow() -> str:
+    """Loopback, and the socket folder of an embedded test server."""
+    socket_dir = conninfo_to_dict(services.admin_database_url()).get("host")
+    if socket_dir and str(socket_dir).startswith("/"):
+        return f"{LOOPBACK},{socket_dir}"
+    return LOOPBACK
+
+
+@pytest.fixture(scope="session")
+def reader_url(warehouse_url: str) -> str:
+    """The warehouse database as a source should see it: as a role that can only read (the
     database's later tables included)."""
-    return services.reader_url(database_url)
+    return services.reader_url(warehouse_url)
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +83,7 @@ def _environment(database_url: str, redis_url: str) -> Iterator[None]:
         # A writer following a planner that stopped (a test's crash) waits this long for the
         # next batch before it gives up.
         RETL_WRITER_FOLLOW_SECONDS="0.3",
+        RETL_EGRESS_ALLOW=egress_allow(),
     )
     get_settings.cache_clear()
     yield

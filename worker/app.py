@@ -14,11 +14,13 @@ from connectors import registry
 from connectors.sources import duckdb as duckdb_source
 from scheduler.beat import beat_schedule
 from shared import db, logs
+from shared.logs import install_redaction
 from shared.queue import EXECUTE_RUN, WRITE_BATCH, celery_app
 from shared.services.run_events import bind_run
 
 log = logging.getLogger(__name__)
 
+install_redaction()
 app = celery_app()
 app.conf.include = ["worker.tasks", "scheduler.tasks"]
 app.conf.beat_schedule = beat_schedule()

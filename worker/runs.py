@@ -27,7 +27,7 @@ from shared.db import transaction
 from shared.repositories import connections, dlq, runs, syncs
 from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
-from shared.services.connections import record_status
+from shared.services.connections import record_status, redactor_for
 from shared.services.run_events import run_ended, run_started
 from shared.settings import get_settings
 from worker import dispatch
@@ -136,11 +136,22 @@ def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
                 # Cancelled: whatever stopped the planner meanwhile (the cancel interrupting
                 # its source query, say), the run ends as its user asked.
                 status, error = "cancelled", None
+            if error is not None:
+                error = _run_redactor(conn, lease.sync_id)(error)
             repo.end_run(conn, lease.run_id, lease.fencing_token, status, error)
     except LeaseLost:
         log.warning("run %s ended elsewhere before it could be marked %s", lease.run_id, status)
         return
     run_ended(lease.run_id)
+
+
+def _run_redactor(conn: psycopg.Connection, sync_id: str) -> Callable[[str], str]:
+    """What takes the secrets of a sync's source and destination out of a run's texts."""
+    sync = syncs.get_by_id(conn, sync_id)
+    if sync is None:
+        return redactor_for()
+    return redactor_for(connections.get_by_id(conn, sync.source_id),
+                        connections.get_by_id(conn, sync.destination_id))
 
 
 # -- write a batch -------------------------------------------------------------------------------
@@ -443,9 +454,13 @@ def _write_claimed(
         message = f"the destination connector failed: {type(exc).__name__}: {exc}"
         abort = ("UNKNOWN", message)
         results = [RecordResult.failure("UNKNOWN", message)] * len(records)
+    # Whatever the destination answered, none of its own secrets goes back into the DLQ.
+    redact = redactor_for(destination_record)
+    if abort is not None:
+        abort = (abort[0], redact(abort[1]))
     failures = [
         repo.Failure(record.key, record.key, result.code or "UNKNOWN",
-                     result.message or "refused by the destination")
+                     redact(result.message or "refused by the destination"))
         for record, result in zip(records, results, strict=True) if not result.ok
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from connectors import pii
+from connectors import config_checks, egress, pii
 from connectors.casting import CastError
 from connectors.destinations.base import (
     ConfigField,
@@ -45,7 +45,7 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError, UnsupportedMode
-from connectors.http_support import retry_after_seconds
+from connectors.http_support import excerpt, retry_after_seconds
 
 DEFAULT_BASE_URL = "https://googleads.googleapis.com"
 DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"
@@ -53,7 +53,7 @@ DEFAULT_API_VERSION = "v21"
 # Google allows 100,000 operations (and user identifiers) per AddOfflineUserDataJobOperations
 # request, and advises about 10,000 identifiers per call for the best throughput.
 OPERATIONS_PER_REQUEST = 10_000
-MAX_ERROR_TEXT = 500
+MAX_ERROR_TEXT = 300
 TOKEN_MARGIN_S = 60.0
 FIRST_POLL_WAIT_S = 0.25
 LONGEST_POLL_WAIT_S = 2.0
@@ -119,6 +119,8 @@ class GoogleAdsCustomerMatchDestination(Destination):
         self.version = str(config.get("apiVersion") or DEFAULT_API_VERSION).strip("/")
         self.base_url = str(config.get("baseUrl") or DEFAULT_BASE_URL).rstrip("/")
         self.token_url = str(config.get("tokenUrl") or DEFAULT_TOKEN_URL)
+        egress.check_http_url(self.base_url, "baseUrl")
+        egress.check_http_url(self.token_url, "tokenUrl")
         self.consent: dict[str, str] = {}
         for name, wire in (("consentAdUserData", "adUserData"),
                            ("consentAdPersonalization", "adPersonalization")):
@@ -129,7 +131,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
                 self.consent[wire] = value
         self.job_wait_s = max(0.0, float(config.get("jobWaitSeconds", 10)))
         self.job_retry_s = max(0.0, float(config.get("jobRetrySeconds", 30)))
-        read_timeout = float(config.get("timeoutSeconds") or 60)
+        read_timeout = config_checks.timeout_seconds(config, 60)
         self.timeout = (min(10.0, read_timeout), read_timeout)
         self._session: requests.Session | None = None
         self._token: tuple[str, float] | None = None  # access token, monotonic expiry
@@ -140,7 +142,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            self._session = requests.Session()
+            self._session = egress.http_session()
         return self._session
 
     def close(self) -> None:
@@ -162,7 +164,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
             try:
                 response = self.session.post(self.token_url, data=form, timeout=self.timeout)
             except requests.RequestException as exc:
-                raise RetryableError(f"cannot reach Google's token endpoint: {exc}") from None
+                raise RetryableError(egress.unreachable(self.token_url, exc)) from None
             try:
                 document = response.json()
             except ValueError:
@@ -176,7 +178,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
             token = document.get("access_token") if isinstance(document, dict) else None
             if response.status_code != 200 or not token:
                 said = (f"{document.get('error')}: {document.get('error_description')}"
-                        if isinstance(document, dict) else response.text[:MAX_ERROR_TEXT])
+                        if isinstance(document, dict) else excerpt(response.text, MAX_ERROR_TEXT))
                 raise AuthError(
                     f"Google refused the OAuth refresh token ({said}); give the destination a "
                     "valid clientId, clientSecret and refreshToken"
@@ -205,9 +207,9 @@ class GoogleAdsCustomerMatchDestination(Destination):
                 response = self.session.post(url, data=data, headers=self._headers(),
                                              timeout=self.timeout)
             except requests.Timeout as exc:
-                raise RetryableError(f"Google Ads timed out: {exc}", code="TIMEOUT") from None
+                raise RetryableError(egress.unreachable(self.base_url, exc), code="TIMEOUT") from None
             except requests.RequestException as exc:
-                raise RetryableError(f"cannot reach Google Ads at {self.base_url}: {exc}") from None
+                raise RetryableError(egress.unreachable(self.base_url, exc)) from None
             if response.status_code == 401 and attempt == 1:
                 with self._token_lock:
                     self._token = None
@@ -225,7 +227,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
         status = response.status_code
         error = document.get("error") if isinstance(document, dict) else None
         if not isinstance(error, dict):
-            error = {"status": "", "message": response.text[:MAX_ERROR_TEXT]}
+            error = {"status": "", "message": excerpt(response.text, MAX_ERROR_TEXT)}
         codes, messages, delay = _failure_details(error)
         said = f"{error.get('status') or status}: " + "; ".join(
             [f"{c}: {m}" for c, m in zip(codes, messages, strict=True)] or [str(error.get("message"))]

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import requests
 
+from connectors import config_checks, egress
 from connectors.destinations.base import (
     DATA_TYPES,
     ConfigField,
@@ -43,7 +44,7 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError
-from connectors.http_support import passing_failure
+from connectors.http_support import excerpt, passing_failure
 from connectors.json_forms import json_value
 
 FORMATS = ("json_array", "json_object", "ndjson")
@@ -51,8 +52,9 @@ METHODS = ("POST", "PUT", "PATCH")
 MAX_BATCH_SIZE = 10_000
 # Codes a receiver may give a refused record; anything else files it as DESTINATION_VALIDATION.
 RECORD_ERROR_CODES = frozenset({"DESTINATION_VALIDATION", "NOT_FOUND", "RATE_LIMIT", "TIMEOUT", "UNKNOWN"})
-# Enough of a refusal to explain it without filling the DLQ with a whole HTML error page.
-MAX_ERROR_TEXT = 1000
+# Enough of a refusal to explain it; more would carry an internal service's answer back to
+# whoever pointed the destination at it.
+MAX_ERROR_TEXT = 200
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
 
@@ -142,8 +144,8 @@ class HttpDestination(Destination):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.url = str(config.get("url") or "").strip()
-        if not self.url.startswith(("http://", "https://")):
-            raise ConnectorError("config url must be an http:// or https:// URL")
+        egress.check_http_url(self.url)
+        self.where = egress.display_origin(self.url)
         self.method = str(config.get("method") or "POST").upper()
         if self.method not in METHODS:
             raise ConnectorError(f"config method must be one of {', '.join(METHODS)}")
@@ -156,8 +158,8 @@ class HttpDestination(Destination):
         headers = config.get("headers") or {}
         if not isinstance(headers, dict):
             raise ConnectorError("config headers must be an object of header names to values")
-        self.extra_headers = {str(name): str(value) for name, value in headers.items()}
-        read_timeout = float(config.get("timeoutSeconds") or DEFAULT_READ_TIMEOUT)
+        self.extra_headers = dict(config_checks.header(n, v) for n, v in headers.items())
+        read_timeout = config_checks.timeout_seconds(config, DEFAULT_READ_TIMEOUT)
         self.timeout = (min(DEFAULT_CONNECT_TIMEOUT, read_timeout), read_timeout)
         self.content_type = (
             "application/x-ndjson" if self.format == "ndjson" else "application/json"
@@ -169,7 +171,7 @@ class HttpDestination(Destination):
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            session = requests.Session()
+            session = egress.http_session()
             session.headers.update(self.extra_headers)
             self._session = session
         return self._session
@@ -186,10 +188,10 @@ class HttpDestination(Destination):
         try:
             response = self.session.options(self.url, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
-            raise ConnectorError(f"cannot reach {self.url}: {exc}") from None
+            raise ConnectorError(egress.unreachable(self.url, exc)) from None
         if response.status_code in (401, 403):
             raise AuthError(
-                f"{self.url} refused the credentials (HTTP {response.status_code}): "
+                f"{self.where} refused the credentials (HTTP {response.status_code}): "
                 "fix the headers in the destination's config"
             )
 
@@ -279,9 +281,9 @@ class HttpDestination(Destination):
                 allow_redirects=False,
             )
         except requests.Timeout as exc:
-            raise RetryableError(f"{self.url} timed out: {exc}", code="TIMEOUT") from None
+            raise RetryableError(egress.unreachable(self.url, exc), code="TIMEOUT") from None
         except requests.RequestException as exc:
-            raise RetryableError(f"cannot reach {self.url}: {exc}") from None
+            raise RetryableError(egress.unreachable(self.url, exc)) from None
         return self._results(response, len(records))
 
     def _results(self, response: requests.Response, count: int) -> list[RecordResult]:
@@ -290,22 +292,21 @@ class HttpDestination(Destination):
             if self.results_path is None:
                 return [RecordResult.success()] * count
             return self._per_record_results(response, count)
-        text = response.text[:MAX_ERROR_TEXT]
-        passing = passing_failure(status, response.headers, f"{self.url} answered HTTP {status}: {text}")
+        text = excerpt(response.text, MAX_ERROR_TEXT)
+        passing = passing_failure(status, response.headers, f"{self.where} answered HTTP {status}: {text}")
         if passing is not None:
             raise passing
         if status in (401, 403):
             raise AuthError(
-                f"{self.url} refused the credentials (HTTP {status}): {text}; "
+                f"{self.where} refused the credentials (HTTP {status}): {text}; "
                 "fix the headers in the destination's config"
             )
         if 400 <= status < 500:
             # The receiver refused the data itself: every record of the batch is rejected.
             failure = RecordResult.failure("DESTINATION_VALIDATION", f"HTTP {status}: {text}")
             return [failure] * count
-        location = response.headers.get("Location", "")
         raise ConnectorError(
-            f"{self.url} answered HTTP {status} {location}: configure the final URL. {text}"
+            f"{self.where} answered HTTP {status}: configure the final URL. {text}"
         )
 
     def _per_record_results(self, response: requests.Response, count: int) -> list[RecordResult]:
@@ -317,7 +318,8 @@ class HttpDestination(Destination):
         if not isinstance(results, list):
             # The receiver did not say what became of each record: none counts as delivered.
             message = (
-                f"answer has no list at {self.results_path!r}: {response.text[:MAX_ERROR_TEXT]}"
+                f"HTTP {response.status_code}: the answer has no list at {self.results_path!r}: "
+                f"{excerpt(response.text, MAX_ERROR_TEXT)}"
             )
             return [RecordResult.failure("UNKNOWN", message)] * count
         out = [self._record_result(item) for item in results[:count]]
@@ -332,7 +334,7 @@ class HttpDestination(Destination):
     def _record_result(item: Any) -> RecordResult:
         if not isinstance(item, dict):
             return RecordResult.failure(
-                "UNKNOWN", f"unexpected result {str(item)[:MAX_ERROR_TEXT]}"
+                "UNKNOWN", f"unexpected result {excerpt(str(item), MAX_ERROR_TEXT)}"
             )
         ok = item.get("ok", item.get("success"))
         if ok is True:
@@ -345,9 +347,9 @@ class HttpDestination(Destination):
             code = item.get("code")
             return RecordResult.failure(
                 code if isinstance(code, str) and code in RECORD_ERROR_CODES else "DESTINATION_VALIDATION",
-                (message or "rejected by the endpoint")[:MAX_ERROR_TEXT],
+                excerpt(message or "rejected by the endpoint", MAX_ERROR_TEXT),
                 retryable=item.get("retryable") is True,
             )
         return RecordResult.failure(
-            "UNKNOWN", f"unexpected result {json.dumps(item)[:MAX_ERROR_TEXT]}"
+            "UNKNOWN", f"unexpected result {excerpt(json.dumps(item), MAX_ERROR_TEXT)}"
         )

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import requests
 
+from connectors import config_checks, egress
 from connectors.casting import iso_datetime
 from connectors.destinations.base import (
     ConfigField,
@@ -26,7 +27,7 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError
-from connectors.http_support import retry_after_seconds
+from connectors.http_support import excerpt, retry_after_seconds
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 # HubSpot's CRM batch endpoints take at most 100 inputs per request.
@@ -79,6 +80,10 @@ _PROPERTY_VALUES_PREFIX = "Property values were not valid: "
 _DUPLICATE_IDS = re.compile(r"Duplicate IDs found in batch input: \[(.*?)\]")
 
 
+# Enough of HubSpot's answer to explain a refusal.
+MAX_ERROR_TEXT = 300
+
+
 @dataclass
 class _Reply:
     status: int
@@ -90,8 +95,8 @@ class _Reply:
     @property
     def message(self) -> str:
         if isinstance(self.body, dict) and self.body.get("message"):
-            return str(self.body["message"])
-        return self.text.strip() or f"HTTP {self.status} with an empty body"
+            return excerpt(str(self.body["message"]), MAX_ERROR_TEXT)
+        return excerpt(self.text, MAX_ERROR_TEXT) or f"HTTP {self.status} with an empty body"
 
     @property
     def category(self) -> str:
@@ -157,6 +162,8 @@ class HubSpotDestination(Destination):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
+        egress.check_http_url(self._base_url, "baseUrl")
+        config_checks.timeout_seconds(config, READ_TIMEOUT_SECONDS)
         self._session: requests.Session | None = None
         self._session_lock = threading.Lock()
         # The last rate-limit headroom HubSpot reported (None until a response carried it).
@@ -200,7 +207,7 @@ class HubSpotDestination(Destination):
             raise self._request_error(reply)
         if not isinstance(reply.body, dict) or not isinstance(reply.body.get("results"), list):
             raise ConnectorError(
-                f"unexpected answer from HubSpot's properties API: {reply.text[:500]}"
+                f"unexpected answer from HubSpot's properties API: {excerpt(reply.text, MAX_ERROR_TEXT)}"
             )
         identifiers = {RECORD_ID_PROPERTY}
         if object_name.lower() in _CONTACT_TYPES:
@@ -508,7 +515,7 @@ class HubSpotDestination(Destination):
                     raise AuthError(
                         "HubSpot destination has no accessToken: set it in the destination's config"
                     )
-                session = requests.Session()
+                session = egress.http_session()
                 session.headers.update(
                     {
                         "Authorization": f"Bearer {token}",
@@ -551,12 +558,12 @@ class HubSpotDestination(Destination):
             )
         except requests.Timeout as exc:
             raise RetryableError(
-                f"HubSpot did not answer {method} {path} in time: {exc}", code="TIMEOUT"
-            ) from exc
+                egress.unreachable(self._base_url, exc), code="TIMEOUT"
+            ) from None
         except requests.ConnectionError as exc:
-            raise RetryableError(f"could not reach HubSpot for {method} {path}: {exc}") from exc
+            raise RetryableError(egress.unreachable(self._base_url, exc)) from None
         except requests.RequestException as exc:
-            raise ConnectorError(f"HubSpot request {method} {path} failed: {exc}") from exc
+            raise ConnectorError(egress.unreachable(self._base_url, exc)) from None
         self._note_rate_limits(response.headers)
         text = response.text or ""
         try:

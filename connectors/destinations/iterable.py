@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import requests
 
+from connectors import config_checks, egress
 from connectors.destinations.base import (
     DATA_TYPES,
     ConfigField,
@@ -38,12 +39,12 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError, UnsupportedMode
-from connectors.http_support import passing_failure
+from connectors.http_support import excerpt, passing_failure
 
 DEFAULT_BASE_URL = "https://api.iterable.com"
 # Iterable's documented ceiling is 4 MB per request body; stay a little under it.
 MAX_BODY_BYTES = 4_000_000
-MAX_ERROR_TEXT = 1000
+MAX_ERROR_TEXT = 300
 USER_KEYS = ("email", "userId")
 # Top-level event attributes; every other mapped field goes into the event's dataFields.
 EVENT_ATTRIBUTES = ("email", "userId", "eventName", "id", "createdAt", "campaignId", "templateId")
@@ -238,14 +239,15 @@ class IterableDestination(Destination):
         if not self.api_key:
             raise ConnectorError("config apiKey is required")
         self.base_url = str(config.get("baseUrl") or DEFAULT_BASE_URL).rstrip("/")
-        read_timeout = float(config.get("timeoutSeconds") or 60)
+        egress.check_http_url(self.base_url, "baseUrl")
+        read_timeout = config_checks.timeout_seconds(config, 60)
         self.timeout = (min(10.0, read_timeout), read_timeout)
         self._session: requests.Session | None = None
 
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            session = requests.Session()
+            session = egress.http_session()
             session.headers.update({"Api-Key": self.api_key, "Content-Type": "application/json"})
             self._session = session
         return self._session
@@ -263,9 +265,9 @@ class IterableDestination(Destination):
         try:
             response = self.session.request(method, url, data=body, timeout=self.timeout)
         except requests.Timeout as exc:
-            raise RetryableError(f"Iterable timed out: {exc}", code="TIMEOUT") from None
+            raise RetryableError(egress.unreachable(self.base_url, exc), code="TIMEOUT") from None
         except requests.RequestException as exc:
-            raise RetryableError(f"cannot reach Iterable at {self.base_url}: {exc}") from None
+            raise RetryableError(egress.unreachable(self.base_url, exc)) from None
         status = response.status_code
         if status in (401, 403):
             raise AuthError(
@@ -291,8 +293,8 @@ class IterableDestination(Destination):
         """Iterable's own message (`code`: `msg`) or the raw text."""
         document = cls._json(response)
         if isinstance(document, dict) and ("msg" in document or "code" in document):
-            return f"{document.get('code')}: {document.get('msg')}"
-        return response.text[:MAX_ERROR_TEXT]
+            return excerpt(f"{document.get('code')}: {document.get('msg')}", MAX_ERROR_TEXT)
+        return excerpt(response.text, MAX_ERROR_TEXT)
 
     # -- discovery -----------------------------------------------------------------------------
 
@@ -572,7 +574,7 @@ class IterableDestination(Destination):
             )
         if not isinstance(document, dict) or not isinstance(document.get("successCount"), int):
             unknown = RecordResult.failure(
-                "UNKNOWN", f"unexpected answer from Iterable: {response.text[:MAX_ERROR_TEXT]}"
+                "UNKNOWN", f"unexpected answer from Iterable: {excerpt(response.text, MAX_ERROR_TEXT)}"
             )
             return {item.index: unknown for item in chunk}
         failed = failures_of(document, chunk)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from connectors import pii
+from connectors import config_checks, egress, pii
 from connectors.casting import CastError
 from connectors.destinations.base import (
     ConfigField,
@@ -33,12 +33,12 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError, UnsupportedMode
-from connectors.http_support import retry_after_seconds
+from connectors.http_support import excerpt, retry_after_seconds
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v23.0"
 MAX_ROWS_PER_REQUEST = 10_000
-MAX_ERROR_TEXT = 500
+MAX_ERROR_TEXT = 300
 # Graph API throttling: app (4), user (17), page (32), API-specific (613), custom audience
 # (80003) and ads management (80004) rate limits.
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, 80003, 80004})
@@ -79,14 +79,15 @@ class MetaAudiencesDestination(Destination):
         self.ad_account = account if account.startswith("act_") else f"act_{account}"
         self.version = str(config.get("apiVersion") or DEFAULT_API_VERSION).strip("/")
         self.base_url = str(config.get("baseUrl") or DEFAULT_BASE_URL).rstrip("/")
-        read_timeout = float(config.get("timeoutSeconds") or 60)
+        egress.check_http_url(self.base_url, "baseUrl")
+        read_timeout = config_checks.timeout_seconds(config, 60)
         self.timeout = (min(10.0, read_timeout), read_timeout)
         self._session: requests.Session | None = None
 
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            session = requests.Session()
+            session = egress.http_session()
             session.headers["Authorization"] = f"OAuth {self.access_token}"
             self._session = session
         return self._session
@@ -109,9 +110,9 @@ class MetaAudiencesDestination(Destination):
                 method, url, params=params, data=form, timeout=self.timeout
             )
         except requests.Timeout as exc:
-            raise RetryableError(f"Meta timed out: {exc}", code="TIMEOUT") from None
+            raise RetryableError(egress.unreachable(url, exc), code="TIMEOUT") from None
         except requests.RequestException as exc:
-            raise RetryableError(f"cannot reach Meta at {self.base_url}: {exc}") from None
+            raise RetryableError(egress.unreachable(url, exc)) from None
         try:
             document = response.json()
         except ValueError:
@@ -126,7 +127,7 @@ class MetaAudiencesDestination(Destination):
         error = document.get("error") if isinstance(document, dict) else None
         status = response.status_code
         if not isinstance(error, dict):
-            text = f"Meta answered HTTP {status}: {response.text[:MAX_ERROR_TEXT]}"
+            text = f"Meta answered HTTP {status}: {excerpt(response.text, MAX_ERROR_TEXT)}"
             if status == 429 or status >= 500:
                 return RetryableError(
                     text, retry_after=retry_after_seconds(response.headers.get("Retry-After")),

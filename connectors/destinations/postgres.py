@@ -9,6 +9,7 @@ Identifiers are always quoted with psycopg.sql; type names come from the catalog
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from connectors import config_checks, egress
 from connectors.destinations.base import (
     ConfigField,
     Destination,
@@ -28,6 +30,8 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError
+
+log = logging.getLogger(__name__)
 
 _TYPES = {
     "text": "string",
@@ -127,8 +131,9 @@ class PostgresDestination(Destination):
         self.url = str(config.get("url") or "")
         if not self.url:
             raise ConnectorError("config url is required")
+        egress.postgres_target(self.url)
         self.schema = str(config.get("schema") or "public")
-        self.timeout_seconds = float(config.get("timeoutSeconds") or 60)
+        self.timeout_seconds = config_checks.timeout_seconds(config, 60)
         self._conn: psycopg.Connection[Any] | None = None
         self._columns: dict[str, dict[str, Column]] = {}
         # One connection carries one transaction at a time: calls from several threads queue.
@@ -141,7 +146,7 @@ class PostgresDestination(Destination):
             self._conn = None
         if self._conn is None:
             try:
-                conn = psycopg.connect(self.url, connect_timeout=10, autocommit=False)
+                conn = egress.connect_postgres(self.url, connect_timeout=10, autocommit=False)
             except psycopg.OperationalError as exc:
                 raise self._connect_error(exc) from None
             except psycopg.ProgrammingError:  # a malformed URL; libpq's words may quote the password
@@ -164,7 +169,8 @@ class PostgresDestination(Destination):
             return AuthError(
                 f"Postgres refused the login: {text.strip()}; fix the user and password in url"
             )
-        return RetryableError(f"cannot connect to Postgres: {text.strip()}")
+        log.info("cannot connect to a Postgres destination: %s", text.strip())
+        return RetryableError("cannot reach the Postgres server")
 
     def close(self) -> None:
         with self._lock:

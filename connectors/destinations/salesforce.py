@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 import requests
 
+from connectors import config_checks, egress
 from connectors.casting import iso_datetime
 from connectors.destinations.base import (
     ConfigField,
@@ -47,7 +48,7 @@ from connectors.destinations.base import (
     RecordResult,
 )
 from connectors.errors import AuthError, ConnectorError, RetryableError
-from connectors.http_support import retry_after_seconds
+from connectors.http_support import excerpt, retry_after_seconds
 
 DEFAULT_LOGIN_URL = "https://login.salesforce.com"
 DEFAULT_API_VERSION = "v62.0"
@@ -71,7 +72,7 @@ CONCURRENCY_LIMIT_RETRY_AFTER = 5.0
 # A SOQL lookup travels in the URL; Salesforce refuses URIs over about 16 KB.
 MAX_LOOKUP_LITERAL_CHARS = 12_000
 # Enough of a refusal to explain it without filling the DLQ with a whole HTML error page.
-MAX_ERROR_TEXT = 1000
+MAX_ERROR_TEXT = 300
 # Bulk API 2.0 CSV: this value sets a field to null (an empty cell leaves it unchanged).
 BULK_NULL = "#N/A"
 BULK_OPERATIONS = frozenset({"upsert", "insert", "update", "delete"})
@@ -381,7 +382,7 @@ class SalesforceDestination(Destination):
         self.bulk_poll_interval = float(
             DEFAULT_BULK_POLL_INTERVAL if poll_interval is None else poll_interval
         )
-        read_timeout = float(config.get("timeoutSeconds") or DEFAULT_READ_TIMEOUT)
+        read_timeout = config_checks.timeout_seconds(config, DEFAULT_READ_TIMEOUT)
         self.timeout = (min(DEFAULT_CONNECT_TIMEOUT, read_timeout), read_timeout)
         # The last `Sforce-Limit-Info` usage seen: (calls used, daily allocation).
         self.api_usage: tuple[int, int] | None = None
@@ -394,7 +395,8 @@ class SalesforceDestination(Destination):
     def _base_url(value: Any, name: str) -> str:
         url = str(value or "").strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
-            raise ConnectorError(f"config {name} must be an https:// URL, got {value!r}")
+            raise ConnectorError(f"config {name} must be an https:// URL")
+        egress.check_http_url(url, name)
         return url
 
     @property
@@ -416,7 +418,7 @@ class SalesforceDestination(Destination):
         if self._session is None:
             with self._session_lock:
                 if self._session is None:
-                    self._session = requests.Session()
+                    self._session = egress.http_session()
         return self._session
 
     def close(self) -> None:
@@ -453,11 +455,11 @@ class SalesforceDestination(Destination):
                 )
             except requests.Timeout as exc:
                 raise RetryableError(
-                    f"Salesforce sign-in timed out: {exc}", code="TIMEOUT"
+                    egress.unreachable(self.login_url, exc), code="TIMEOUT"
                 ) from None
             except requests.RequestException as exc:
-                raise RetryableError(f"cannot reach {self.login_url}: {exc}") from None
-            text = response.text[:MAX_ERROR_TEXT]
+                raise RetryableError(egress.unreachable(self.login_url, exc)) from None
+            text = excerpt(response.text, MAX_ERROR_TEXT)
             if response.status_code == 429 or response.status_code >= 500:
                 raise RetryableError(
                     f"Salesforce sign-in failed (HTTP {response.status_code}): {text}",
@@ -520,10 +522,10 @@ class SalesforceDestination(Destination):
                 )
             except requests.Timeout as exc:
                 raise RetryableError(
-                    f"Salesforce timed out on {method} {path}: {exc}", code="TIMEOUT"
+                    egress.unreachable(self._instance_url, exc), code="TIMEOUT"
                 ) from None
             except requests.RequestException as exc:
-                raise RetryableError(f"cannot reach {self._instance_url}: {exc}") from None
+                raise RetryableError(egress.unreachable(self._instance_url, exc)) from None
             self._note_api_usage(response)
             if response.status_code == 401 and attempt == 0 and self.can_refresh:
                 self._refresh_access_token(stale_token=token)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,24 @@ from connectors.sources.base import Source
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+# A path DuckDB would open through an extension rather than as a local file: s3://, https://,
+# md: (MotherDuck), hf://... A Windows drive letter (C:\\) is a local path.
+_REMOTE_PATH = re.compile(r"^(?![A-Za-z]:[\\/])[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+def _checked_path(value: Any) -> str:
+    """`path` as a local database file or :memory:, refused before DuckDB sees it otherwise."""
+    path = str(value or ":memory:")
+    if path == ":memory:":
+        return path
+    if "\0" in path or _REMOTE_PATH.match(path):
+        raise ConnectorError(
+            "config path must be a local DuckDB database file or :memory:; URLs and other "
+            "remote locations are refused"
+        )
+    return path
 
 
 # Checking a query only parses it; opening a database for that costs 10-20 ms, so one parser
@@ -176,7 +195,7 @@ class DuckDbSource(Source):
 
     def __init__(self, config: dict[str, Any], **options: Any) -> None:
         super().__init__(config, **options)
-        self.path = str(config.get("path") or ":memory:")
+        self.path = _checked_path(config.get("path"))
         self._database: duckdb.DuckDBPyConnection | None = None
         self._types: dict[str, dict[str, str]] = {}  # query text -> its columns' types
         self._directories = [os.path.join(os.path.realpath(d), "") for d in self.allowed_directories]

@@ -5,6 +5,7 @@ key text and content hashes are computed by Postgres."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -13,10 +14,13 @@ from psycopg import sql
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
+from connectors import egress
 from connectors.casting import OutOfRangeValue
 from connectors.destinations.base import ConfigField
 from connectors.errors import AuthError, ConnectorError, PrivilegedRoleError
 from connectors.sources.base import Source
+
+log = logging.getLogger(__name__)
 
 # Statements a sync query may not be; named in the error so the user sees why it failed.
 _WRITE_VERBS = frozenset(
@@ -141,10 +145,14 @@ class PostgresSource(Source):
         self.url = str(config.get("url") or "")
         if not self.url.startswith(("postgres://", "postgresql://")):
             raise ConnectorError("config url must be a postgresql:// URL")
+        target = egress.postgres_target(self.url)
+        self._where = f"{target.host}:{target.port}"
 
     def _connect(self) -> psycopg.Connection:
         try:
-            conn = psycopg.connect(self.url, connect_timeout=10, application_name="retl-source")
+            conn = egress.connect_postgres(
+                self.url, connect_timeout=10, application_name="retl-source"
+            )
         except psycopg.ProgrammingError:
             # libpq quotes the offending part of a malformed URL, which may be the password.
             raise ConnectorError("config url is not a valid Postgres connection URL") from None
@@ -152,7 +160,8 @@ class PostgresSource(Source):
             message = str(exc).strip()
             if "password authentication failed" in message or "role" in message:
                 raise AuthError(f"the source refused the credentials: {message}") from None
-            raise ConnectorError(f"cannot connect to the source: {message}") from None
+            log.info("cannot connect to a source: %s", message)
+            raise ConnectorError(f"cannot reach the source at {self._where}") from None
         for type_name in ("date", "timestamp", "timestamptz"):
             _lenient(conn, type_name)
         # Every statement of this connection runs inside one read-only transaction. Its

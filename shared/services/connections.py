@@ -1,14 +1,21 @@
 """Sources and destinations: create, read, update, delete, test, and destination discovery.
 
-Configs are encrypted at rest; what leaves this module for the API never holds a secret."""
+Configs are encrypted at rest; what leaves this module for the API never holds a secret: secret
+fields are left out, URLs show their credentials as REDACTED, and every message about a
+connection passes through its Redactor."""
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
-from connectors import registry
+from connectors import redaction, registry
 from connectors.destinations.base import Destination, DestinationField, DestinationObject
+from connectors.egress import EgressRefused
 from connectors.errors import AuthError, ConnectorError, PrivilegedRoleError, RetryableError
 from connectors.sources.base import Source
 from shared import ids
@@ -18,6 +25,8 @@ from shared.pagination import Page, decode_cursor, page_of
 from shared.repositories import connections as repo
 from shared.secrets import decrypt_config, encrypt_config
 from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 KINDS = {"source": ids.SOURCE, "destination": ids.DESTINATION}
 # Options every destination takes to set its fleet-wide limits, with the values allowed.
@@ -46,6 +55,12 @@ def _connector_class(kind: str, connector: str) -> type[Destination] | type[Sour
     return table[connector]
 
 
+def _pointer(message: str) -> str:
+    """The JSON pointer a connector's "config <name> ..." message is about."""
+    named = re.match(r"config (\w+)", message)
+    return f"/config/{named[1]}" if named else "/config"
+
+
 def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     declared = {f.name: f for f in cls.config_fields}
     for name in config:
@@ -65,8 +80,12 @@ def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     # The connector's own checks (URL schemes, enums, numbers), made without calling anyone.
     try:
         cls(config).close()
+    except EgressRefused as exc:
+        raise Invalid(_redactor(cls, config)(exc.message), pointer=_pointer(exc.message)) from None
     except ConnectorError as exc:
-        raise Invalid(f"{cls.type} refuses this config: {exc.message}", pointer="/config") from None
+        message = _redactor(cls, config)(exc.message)
+        raise Invalid(f"{cls.type} refuses this config: {message}",
+                      pointer=_pointer(exc.message)) from None
     except (ValueError, TypeError, AttributeError):
         raise Invalid(f"{cls.type} refuses this config: an option has a value of the wrong type",
                       pointer="/config") from None
@@ -89,16 +108,80 @@ def _check_rate_window(config: dict[str, Any]) -> None:
                           pointer=f"/config/rateLimit/{name}")
 
 
+def _redactor(cls: type, config: dict[str, Any]) -> redaction.Redactor:
+    return redaction.Redactor(redaction.secret_values(config, cls.secret_fields()))
+
+
+# A connection, as far as its secrets go: (kind, connector, encrypted config).
+_Secrets = tuple[str, str, str]
+
+
+@lru_cache(maxsize=256)
+def _redactor_of(connections: tuple[_Secrets, ...]) -> redaction.Redactor:
+    values: set[str] = set()
+    for kind, connector, config_encrypted in connections:
+        cls = _connector_class(kind, connector)
+        values |= redaction.secret_values(decrypt_config(config_encrypted), cls.secret_fields())
+    return redaction.Redactor(values)
+
+
+def _record_redactor(kind: str, connector: str, config_encrypted: str) -> redaction.Redactor:
+    return _redactor_of(((kind, connector, config_encrypted),))
+
+
+def redactor_for(*records: repo.Connection | None) -> redaction.Redactor:
+    """What takes the secrets of `records` (a run's source and destination) out of a text;
+    built once per config version."""
+    return _redactor_of(tuple(
+        (r.kind, r.connector, r.config_encrypted) for r in records if r is not None
+    ))
+
+
 def _view(record: repo.Connection) -> ConnectionView:
     cls = _connector_class(record.kind, record.connector)
     config = decrypt_config(record.config_encrypted)
     secret = set(cls.secret_fields())
+    shown = {
+        k: redaction.redacted_url(v) if isinstance(v, str) else v
+        for k, v in config.items() if k not in secret
+    }
     return ConnectionView(
         record=record,
-        config={k: v for k, v in config.items() if k not in secret},
+        config=shown,
         secrets_set=sorted(k for k in config if k in secret),
         objects_discoverable=record.kind == "destination",
     )
+
+
+def _origins(config: dict[str, Any]) -> dict[str, tuple[str, str, int | None]]:
+    """(scheme, host, port) of every URL setting of a config."""
+    found = {}
+    for name, value in config.items():
+        if isinstance(value, str) and "://" in value:
+            try:
+                parts = urlsplit(value)
+                found[name] = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+            except ValueError:
+                found[name] = (value, "", None)
+    return found
+
+
+def _merge(cls: type, stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `stored`. A URL read back with its credentials REDACTED keeps the stored
+    ones; a URL whose origin changes takes with it every secret not given again, so stored
+    credentials never travel to a host they were not given for."""
+    given = {
+        k: redaction.restore_url(v, stored[k]) if isinstance(v, str) and isinstance(stored.get(k), str)
+        else v
+        for k, v in given.items()
+    }
+    merged = {**stored, **given}
+    before, after = _origins(stored), _origins(merged)
+    if any(before.get(name) != origin for name, origin in after.items()):
+        for name in cls.secret_fields():
+            if name not in given:
+                merged.pop(name, None)
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 def _refuse_privileged_source(cls: type, config: dict[str, Any]) -> None:
@@ -125,6 +208,7 @@ def create(workspace_id: str, kind: str, name: str, connector: str, config: dict
             conn, id=ids.new_id(KINDS[kind]), workspace_id=workspace_id, kind=kind, name=name,
             connector=connector, config_encrypted=encrypt_config(config),
         )
+    redaction.remember(record.id, redaction.secret_values(config, cls.secret_fields()))
     return _view(record)
 
 
@@ -159,8 +243,11 @@ def update(workspace_id: str, kind: str, id: str, changes: dict[str, Any]) -> Co
             values["name"] = changes["name"]
         if "config" in changes:
             cls = _connector_class(kind, record.connector)
-            merged = {**decrypt_config(record.config_encrypted), **changes["config"]}
-            merged = {k: v for k, v in merged.items() if v is not None}
+            stored = decrypt_config(record.config_encrypted)
+            # Log lines of this request must not show the values given nor those replaced.
+            redaction.remember(id, redaction.secret_values({**stored, **changes["config"]},
+                                                           cls.secret_fields()))
+            merged = _merge(cls, stored, changes["config"])
             values["config_encrypted"] = encrypt_config(_check_config(cls, merged))
             values["status"] = "untested"
             if kind == "source":
@@ -183,6 +270,7 @@ def open_connector(record: repo.Connection) -> Destination | Source:
     """An instance of the record's connector with its decrypted config."""
     cls = _connector_class(record.kind, record.connector)
     config = decrypt_config(record.config_encrypted)
+    redaction.remember(record.id, redaction.secret_values(config, cls.secret_fields()))
     if record.kind == "source":
         return _source(cls, config)
     return cls(config)
@@ -201,8 +289,13 @@ def _source(cls: type, config: dict[str, Any]) -> Source:
 
 
 def record_status(id: str, status: str, message: str | None) -> None:
+    """Keep a connection's status; the message without any of its secrets."""
     with transaction() as conn:
-        repo.set_status(conn, id, status, message)
+        record = repo.get_by_id(conn, id)
+        if record is None:
+            return
+        redact = _record_redactor(record.kind, record.connector, record.config_encrypted)
+        repo.set_status(conn, id, status, redact(message))
 
 
 def test(workspace_id: str, kind: str, id: str) -> ConnectionView:
@@ -222,40 +315,42 @@ def test(workspace_id: str, kind: str, id: str) -> ConnectionView:
     except ConnectorError as exc:
         status, message = "error", exc.message
     except Exception as exc:  # a connector bug must still answer, not 500
-        status, message = "error", f"{type(exc).__name__}: {exc}"
+        log.exception("testing %s %s failed", kind, id)
+        status, message = "error", f"the {record.connector} connector failed ({type(exc).__name__})"
     finally:
         connector.close()
     record_status(id, status, message)
     return get(workspace_id, kind, id)
 
 
-def _destination(workspace_id: str, destination_id: str) -> Destination:
+def _destination(workspace_id: str, destination_id: str) -> tuple[Destination, redaction.Redactor]:
     with transaction() as conn:
         record = repo.get(conn, workspace_id, "destination", destination_id)
     if record is None:
         raise NotFound(f"no destination {destination_id}", pointer="/destination_id")
+    redact = _record_redactor(record.kind, record.connector, record.config_encrypted)
     try:
-        return open_connector(record)
+        return open_connector(record), redact
     except ConnectorError as exc:
-        raise Unavailable(f"the destination's config is not usable: {exc.message}") from None
+        raise Unavailable(f"the destination's config is not usable: {redact(exc.message)}") from None
 
 
-def _discover(destination: Destination, call: Any) -> Any:
+def _discover(destination: Destination, redact: redaction.Redactor, call: Any) -> Any:
     try:
         return call()
     except AuthError as exc:
-        raise Unavailable(f"the destination rejected its credentials: {exc.message}") from None
+        raise Unavailable(f"the destination rejected its credentials: {redact(exc.message)}") from None
     except ConnectorError as exc:
         if exc.code == "NOT_FOUND":
-            raise NotFound(exc.message, pointer="/object_name") from None
-        raise Unavailable(f"the destination could not be asked: {exc.message}") from None
+            raise NotFound(redact(exc.message), pointer="/object_name") from None
+        raise Unavailable(f"the destination could not be asked: {redact(exc.message)}") from None
     finally:
         destination.close()
 
 
 def list_objects(workspace_id: str, destination_id: str, search: str | None) -> list[DestinationObject]:
-    destination = _destination(workspace_id, destination_id)
-    objects = _discover(destination, destination.list_objects)
+    destination, redact = _destination(workspace_id, destination_id)
+    objects = _discover(destination, redact, destination.list_objects)
     if search:
         needle = search.lower()
         objects = [o for o in objects if needle in o.label.lower() or needle in o.api_name.lower()]
@@ -264,7 +359,7 @@ def list_objects(workspace_id: str, destination_id: str, search: str | None) -> 
 
 def list_fields(workspace_id: str, destination_id: str, object_name: str) -> list[DestinationField]:
     """Fields of one of the destination's objects; an object it does not have is a 404."""
-    destination = _destination(workspace_id, destination_id)
+    destination, redact = _destination(workspace_id, destination_id)
 
     def fields_of_known_object() -> list[DestinationField]:
         try:
@@ -278,4 +373,4 @@ def list_fields(workspace_id: str, destination_id: str, object_name: str) -> lis
                                pointer="/object_name") from None
             raise
 
-    return _discover(destination, fields_of_known_object)
+    return _discover(destination, redact, fields_of_known_object)

@@ -93,12 +93,13 @@ def test_secrets_are_never_logged(client, api_key, sink, source_url, caplog):
     assert SOURCE_PASSWORD not in logged
 
 
-def test_update_destination_merges_config_and_keeps_the_secret(client, api_key, destination):
+def test_update_destination_merges_config_and_keeps_the_secret_on_the_same_host(client, api_key):
     sink = FakeHttpSink(required_headers={"Authorization": SINK_TOKEN})
     with sink:
+        destination = create_destination(client, api_key, sink.url, headers={"Authorization": SINK_TOKEN})
         response = client.put(
             f"{API}/destinations/{destination['id']}",
-            json={"name": "moved", "config": {"url": sink.url}},
+            json={"name": "moved", "config": {"url": f"{sink.url}/v2"}},
             headers=bearer(api_key),
         )
         tested = client.post(f"{API}/destinations/{destination['id']}/test", headers=bearer(api_key))
@@ -106,7 +107,7 @@ def test_update_destination_merges_config_and_keeps_the_secret(client, api_key, 
     assert response.status_code == 200
     attributes = response.get_json()["data"]["attributes"]
     assert attributes["name"] == "moved"
-    assert attributes["config"] == {"url": sink.url}
+    assert attributes["config"] == {"url": f"{sink.url}/v2"}
     assert attributes["secrets_set"] == ["headers"]
     assert attributes["status"] == "untested"
     # The stored header still reaches the receiver though the update did not repeat it.
@@ -182,9 +183,12 @@ def test_create_destination_with_an_unknown_option_answers_422(client, api_key, 
 
 
 def test_create_destination_with_a_config_the_connector_refuses_answers_422(client, api_key):
-    for config in ({"url": "ftp://example.com/in"}, {"url": "http://example.com", "method": "DELETE"}):
+    for config, pointer in (
+        ({"url": "ftp://example.com/in"}, "/config/url"),
+        ({"url": "http://example.com", "method": "DELETE"}, "/config/method"),
+    ):
         body = {"name": "x", "connector": "http", "config": config}
-        assert_error(client.post(f"{API}/destinations", json=body, headers=bearer(api_key)), 422, "/config")
+        assert_error(client.post(f"{API}/destinations", json=body, headers=bearer(api_key)), 422, pointer)
     assert client.get(f"{API}/destinations", headers=bearer(api_key)).get_json()["data"] == []
 
 
@@ -246,7 +250,7 @@ def test_test_source_never_shows_the_password_of_its_url(client, api_key, source
 def test_create_source_with_a_url_the_connector_refuses_answers_422(client, api_key):
     body = {"name": "wh", "connector": "postgres", "config": {"url": "mysql://u:p@h/db"}}
 
-    assert_error(client.post(f"{API}/sources", json=body, headers=bearer(api_key)), 422, "/config")
+    assert_error(client.post(f"{API}/sources", json=body, headers=bearer(api_key)), 422, "/config/url")
 
 
 def test_a_destination_connector_is_not_a_source_connector(client, api_key, sink):

@@ -18,6 +18,8 @@ import psutil
 import pytest
 import requests
 
+from tests.fakes.http_sink import FakeHttpSink
+
 # Each test starts the whole service once or twice on a shared, loaded machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,11 +80,23 @@ def test_up_serves_the_api_with_configured_servers_and_stops_on_sigterm(tmp_path
         RETL_DATABASE_URL=database_url, RETL_REDIS_URL=redis_url, RETL_SECRET_KEY="test-secret-key",
         RETL_HOME=str(tmp_path / ".retl"), RETL_QUEUE=f"retl-up-{os.getpid()}",
     )
+    key = subprocess.run(
+        [sys.executable, "-m", "cli", "api-key", "create", "--workspace", "acme"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.strip().splitlines()[-1]
     process = _start_up(env, port, tmp_path)
     try:
         assert _wait_for_health(f"http://127.0.0.1:{port}/healthz", process) == {"status": "ok"}
         ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
         assert ready["checks"] == {"postgres": "ok", "redis": "ok"}
+        # RETL_EGRESS_ALLOW is not set: `up` opens loopback, so a receiver on this machine works.
+        api, auth = f"http://127.0.0.1:{port}/api/reverse-etl", {"Authorization": f"Bearer {key}"}
+        with FakeHttpSink() as sink:
+            created = requests.post(f"{api}/destinations", headers=auth, timeout=10, json={
+                "name": "local", "connector": "http", "config": {"url": sink.url}}).json()
+            tested = requests.post(f"{api}/destinations/{created['data']['id']}/test",
+                                   headers=auth, timeout=30).json()
+        assert tested["data"]["attributes"]["status"] == "connected", tested
     finally:
         code, output, alive = _stop(process)
     assert alive == [], f"children still running after retl up stopped: {alive}"

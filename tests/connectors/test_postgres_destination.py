@@ -373,7 +373,6 @@ def test_insert_without_a_key_field_adds_every_record(
 
 
 def test_a_malformed_url_never_echoes_the_password() -> None:
-    connector = PostgresDestination({"url": "postgresql://u:pass word@127.0.0.1:5432/db"})
     with pytest.raises(ConnectorError) as failure:
-        connector.test()
+        PostgresDestination({"url": "postgresql://u:pass word@127.0.0.1:5432/db"}).test()
     assert "pass word" not in str(failure.value)

@@ -29,7 +29,7 @@ def table(people: Warehouse) -> Warehouse:  # noqa: F811 - the fixture
 
 
 @pytest.fixture
-def fake(harness: DestinationHarness, database_url: str) -> Iterator[Any]:
+def fake(harness: DestinationHarness, warehouse_url: str) -> Iterator[Any]:
     """The fake vendor of the harness the test is parametrized with, running."""
-    with harness.running(database_url) as running:
+    with harness.running(warehouse_url) as running:
         yield running

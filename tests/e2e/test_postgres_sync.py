@@ -32,10 +32,10 @@ MAPPINGS = [
 
 
 @pytest.fixture
-def crm(database_url: str) -> Iterator[CrmSchema]:
+def crm(warehouse_url: str) -> Iterator[CrmSchema]:
     """Schema crm: the contacts table the syncs write (the contract suite's, with typed columns
     and a log of every write)."""
-    with PostgresHarness().running(database_url) as schema:
+    with PostgresHarness().running(warehouse_url) as schema:
         yield schema
 
 

@@ -27,15 +27,15 @@ def workspace_id() -> str:
 
 
 @pytest.fixture
-def warehouse(database_url: str, reader_url: str) -> Iterator[Warehouse]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+def warehouse(warehouse_url: str, reader_url: str) -> Iterator[Warehouse]:
+    with psycopg.connect(warehouse_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS warehouse CASCADE")
         conn.execute("CREATE SCHEMA warehouse")
         conn.execute(
             "CREATE TABLE warehouse.people (id integer, email text, name text, score numeric,"
             " updated_at timestamptz DEFAULT '2025-01-01T00:00:00Z')"
         )
-        yield Warehouse(conn, reader_url, database_url)
+        yield Warehouse(conn, reader_url, warehouse_url)
 
 
 @dataclass

@@ -192,11 +192,11 @@ INDIRECT_READER = "retl_test_indirect_reader"
 
 
 @pytest.fixture(scope="session")
-def indirectly_privileged_url(database_url: str) -> str:
+def indirectly_privileged_url(warehouse_url: str) -> str:
     """A login role that holds pg_read_server_files through a group it belongs to."""
     from tests import services
 
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(warehouse_url, autocommit=True) as conn:
         for statement in (
             f"CREATE ROLE {FILE_GROUP} NOLOGIN",
             f"CREATE ROLE {INDIRECT_READER} LOGIN IN ROLE {FILE_GROUP}",
@@ -206,7 +206,7 @@ def indirectly_privileged_url(database_url: str) -> str:
                 conn.execute(statement)
             except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
                 pass  # another test process made it first
-    return services.as_role(database_url, INDIRECT_READER)
+    return services.as_role(warehouse_url, INDIRECT_READER)
 
 
 def test_a_superuser_or_privileged_source_is_refused_with_what_to_grant(workspace_id: str, warehouse: Warehouse, indirectly_privileged_url: str) -> None:

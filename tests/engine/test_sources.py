@@ -317,9 +317,8 @@ def test_postgres_query_cannot_smuggle_a_second_statement(warehouse: Warehouse, 
 
 
 def test_a_malformed_postgres_url_never_echoes_the_password() -> None:
-    source = PostgresSource({"url": "postgresql://u:pass word@127.0.0.1:5432/db?bogus option=1"})
     with pytest.raises(ConnectorError) as failure:
-        source.test()
+        PostgresSource({"url": "postgresql://u:pass word@127.0.0.1:5432/db?bogus option=1"}).test()
     assert "pass word" not in str(failure.value)
 
 

@@ -55,7 +55,7 @@ def test_json_forms_also_apply_to_statics_and_templates():
 
 
 def test_a_destination_without_json_forms_gets_the_values_as_they_are():
-    destination = PostgresDestination({"url": "postgresql://127.0.0.1:9/none"})
+    destination = PostgresDestination({"url": "postgresql://u@127.0.0.1:9/none"})
     built = builder(destination, COLUMN_MAPPINGS).build(ROW)
     assert built == dict(zip(COLUMNS, ROW[1:], strict=True))
     assert type(built["score"]) is decimal.Decimal and type(built["seen_at"]) is dt.datetime
@@ -70,7 +70,7 @@ def test_rows_may_come_in_json_form_only_for_plain_copies_to_a_json_destination(
     assert builder(http, templated).takes_json_forms is False
     static = [*COLUMN_MAPPINGS[:2], {"static": 1, "destination": "one"}]
     assert builder(http, static).takes_json_forms is False
-    postgres = PostgresDestination({"url": "postgresql://127.0.0.1:9/none"})
+    postgres = PostgresDestination({"url": "postgresql://u@127.0.0.1:9/none"})
     assert builder(postgres, COLUMN_MAPPINGS).takes_json_forms is False
     plan = mapping.plan_for(COLUMN_MAPPINGS, COLUMNS, object_name="records", mode="upsert")
     cast = {"seen_at": DestinationField("seen_at", "seen_at", "datetime")}
