@@ -20,11 +20,13 @@ import datetime as dt
 import enum
 import logging
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 
+from connectors import config_checks, egress
+from connectors.errors import ConnectorError
 from shared import ids
 from shared.db import transaction
 from shared.errors import Invalid, NotFound
@@ -100,14 +102,19 @@ def _check_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     url = config.get("url")
     if not isinstance(url, str) or not url:
         raise Invalid(f"url is required for a {kind} channel", pointer="/config/url")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid("url must be an http or https URL", pointer="/config/url")
+    try:
+        # The receiver is a workspace's connection like any other: the egress policy applies.
+        egress.check_http_url(url)
+    except ConnectorError as exc:
+        raise Invalid(exc.message, pointer="/config/url") from None
     headers = config.get("headers", {})
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
+    if not isinstance(headers, dict):
         raise Invalid("headers must be an object of strings", pointer="/config/headers")
+    for name, value in headers.items():
+        try:
+            config_checks.header(name, value)
+        except ConnectorError as exc:
+            raise Invalid(exc.message, pointer=f"/config/headers/{name}") from None
     return config
 
 
@@ -304,12 +311,20 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+@cache
+def _session() -> requests.Session:
+    """One session per process, connecting only where the egress policy lets it."""
+    return egress.http_session()
+
+
 def _post(kind: str, config: dict[str, Any], alert: dict[str, Any]) -> None:
     headers = {"Content-Type": "application/json", "User-Agent": "retl-alerts",
                **config.get("headers", {})}
     try:
-        response = requests.post(config["url"], json=request_body(kind, alert), headers=headers,
-                                 timeout=DELIVERY_TIMEOUT_S, allow_redirects=False)
+        response = _session().post(config["url"], json=request_body(kind, alert), headers=headers,
+                                   timeout=DELIVERY_TIMEOUT_S, allow_redirects=False)
+    except ConnectorError as exc:  # refused by the egress policy: trying again changes nothing
+        raise _Refused(exc.message) from None
     except requests.Timeout:
         raise _Passing("the receiver did not answer in time") from None
     except requests.RequestException as exc:
