@@ -109,7 +109,9 @@ def configure(process: str | None = None) -> None:
     settings = get_settings()
     level = logging.getLevelName(settings.log_level.upper())
     if not isinstance(level, int):
-        level = logging.INFO
+        # A process that cannot log as asked does not start: the operator sees why at once.
+        raise SystemExit(f"RETL_LOG_LEVEL {settings.log_level!r} is not a log level"
+                         " (DEBUG, INFO, WARNING, ERROR)")
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

@@ -65,8 +65,8 @@ class OwnRedis:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def keys(self) -> int:
-        return int(redis.Redis.from_url(self.url).dbsize())
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
 
 
 @pytest.fixture
