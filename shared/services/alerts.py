@@ -111,6 +111,8 @@ def _check_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(headers, dict):
         raise Invalid("headers must be an object of strings", pointer="/config/headers")
     for name, value in headers.items():
+        if not isinstance(value, str):
+            raise Invalid("headers must be an object of strings", pointer=f"/config/headers/{name}")
         try:
             config_checks.header(name, value)
         except ConnectorError as exc:

@@ -81,4 +81,6 @@ def test_credentials_are_masked_wherever_they_appear(
 
     text = json.dumps(printed(capsys))
     assert "Leak" not in text
-    assert "postgresql://analytics:***@db.internal" in text
+    # The rest of the line stays readable (the redactor of known secrets may also have put
+    # the user-info aside, if another test of this process configured such a URL).
+    assert "@db.internal/analytics is down" in text
