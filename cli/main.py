@@ -82,8 +82,14 @@ def api(host: str, port: int, threads: int) -> None:
 @cli.command()
 @click.option("--concurrency", default=2, show_default=True, type=int)
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
-def worker(concurrency: int, pool: str) -> None:
+@click.option("--grace", default=None, type=float,
+              help="Seconds a SIGTERM leaves running work to finish or hand back (default 30,"
+                   " or RETL_WORKER_GRACE_SECONDS).")
+def worker(concurrency: int, pool: str, grace: float | None) -> None:
     """Run a Celery worker: runs, batches and the reaper."""
+    if grace is not None:
+        os.environ["RETL_WORKER_GRACE_SECONDS"] = str(grace)
+        get_settings.cache_clear()
     from worker.app import app
 
     settings = get_settings()

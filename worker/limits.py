@@ -4,7 +4,11 @@ form of a token bucket) and a concurrency cap (a lease set of in-flight writes).
 Both use Redis's own clock, so every worker process on every machine shares one budget per
 destination and no process's clock skew matters. Each limit on its own is a WATCH/MULTI
 optimistic transaction; a write takes both at once with one Lua call (`permit`), so a batch
-pays one round trip to Redis before its request and one after."""
+pays one round trip to Redis before its request and one after.
+
+A destination that asked the fleet to wait (a Retry-After, a quota answer) is paused for that
+long (`pause`): no permit is given until then, so the batches of every run to it wait (parked)
+instead of each spending a try on an answer known in advance."""
 
 from __future__ import annotations
 
@@ -21,11 +25,16 @@ _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.25
 
 
-# Both limits in one atomic step: a free slot, then the rate. A slot is only taken together
-# with a granted rate, so a write waiting for the rate holds no slot.
-# KEYS: slots, rate. ARGV: token, max concurrency, slot ttl s, interval s, tolerance s.
-# Returns {1, "0"} when granted, {0, "-1"} when no slot is free, {0, wait} to wait for the rate.
+# Both limits in one atomic step: no pause, a free slot, then the rate. A slot is only taken
+# together with a granted rate, so a write waiting for the rate holds no slot.
+# KEYS: slots, rate, pause. ARGV: token, max concurrency, slot ttl s, interval s, tolerance s.
+# Returns {1, "0"} when granted, {0, "-1"} when no slot is free, {0, wait} to wait for the rate
+# or the pause.
 _PERMIT_LUA = """
+local paused = redis.call('PTTL', KEYS[3])
+if paused > 0 then
+  return {0, tostring(paused / 1000)}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -49,6 +58,27 @@ return {1, '0'}
 """
 
 
+class NoPermit(Exception):
+    """No permit within the time allowed: worth trying again in `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no permit; try again in {seconds:.2f} s")
+        self.seconds = seconds
+
+
+class _Permit:
+    """A slot with one request of the rate, released when the block ends."""
+
+    def __init__(self, limiter: DestinationLimiter, token: str) -> None:
+        self.limiter, self.token = limiter, token
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.limiter.release_slot(self.token)
+
+
 def _redis_now(pipe: redis.client.Pipeline) -> float:
     seconds, micros = pipe.time()
     return seconds + micros / 1_000_000
@@ -66,6 +96,7 @@ class DestinationLimiter:
         self.client = client
         self.rate_key = f"retl:limit:{destination_id}:rate"
         self.slots_key = f"retl:limit:{destination_id}:slots"
+        self.pause_key = f"retl:limit:{destination_id}:paused"
         self.interval = 1.0 / rate_per_second
         # Requests allowed back to back before the rate applies: one second's worth, at least 1.
         self.burst = max(1.0, burst if burst is not None else rate_per_second)
@@ -134,7 +165,7 @@ class DestinationLimiter:
         token = uuid.uuid4().hex
         tolerance = self.interval * (self.burst - 1)
         granted, wait = self._permit(
-            keys=[self.slots_key, self.rate_key],
+            keys=[self.slots_key, self.rate_key, self.pause_key],
             args=[token, self.max_concurrency, self.slot_ttl_s, repr(self.interval),
                   repr(tolerance)],
         )
@@ -163,6 +194,35 @@ class DestinationLimiter:
             yield
         finally:
             self.release_slot(token)
+
+    def permit_within(self, max_wait_s: float) -> _Permit:
+        """A permit (`permit`'s) taken within `max_wait_s`, to hold with `with`; NoPermit with
+        the seconds worth waiting instead when the rate, a pause or busy slots would keep the
+        caller longer (the caller gives its process back rather than sleep)."""
+        started = time.monotonic()
+        pause = _POLL_MIN_S
+        while True:
+            token, wait = self.try_permit()
+            if token is not None:
+                return _Permit(self, token)
+            waited = time.monotonic() - started
+            if wait is None:  # every slot is taken: back off, doubling, within the budget
+                if waited + pause > max_wait_s:
+                    raise NoPermit(max(1.0, max_wait_s))
+                time.sleep(pause)
+                pause = min(pause * 2, _POLL_MAX_S)
+                continue
+            if waited + wait > max_wait_s:
+                raise NoPermit(wait)
+            time.sleep(max(wait, _POLL_MIN_S))
+
+    def pause(self, seconds: float) -> None:
+        """Give no permit for `seconds` (the destination asked the fleet to wait); a longer
+        pause already set stands."""
+        millis = max(1, int(seconds * 1000))
+        current = self.client.pttl(self.pause_key)
+        if current is None or current < millis:
+            self.client.set(self.pause_key, b"1", px=millis)
 
     def release_slot(self, token: str) -> None:
         self.client.zrem(self.slots_key, token)

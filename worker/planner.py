@@ -9,7 +9,6 @@ once: key, hash and row together, staged and packed as they stream."""
 from __future__ import annotations
 
 import logging
-import pickle
 import queue
 import threading
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
 from shared.services.connections import open_connector
 from shared.settings import get_settings
-from worker import dispatch, mapping
+from worker import dispatch, mapping, payloads
 from worker.destinations import destination_for
 from worker.executor import RetryPolicy, retrying_passing_failures
 
@@ -50,6 +49,14 @@ class RunFailed(Exception):
 
 class RunCancelled(Exception):
     """A cancel was requested while the run was being planned."""
+
+
+class PlannerStopping(Exception):
+    """This worker is shutting down: the planner hands its run back (see worker.runs)."""
+
+
+# Set in a worker process told to stop (worker.app); checked with the lease, between chunks.
+stopping = threading.Event()
 
 
 class Heartbeat:
@@ -93,6 +100,8 @@ class Heartbeat:
             raise LeaseLost(self.run_id)
         if self.cancel.is_set():
             raise RunCancelled(self.run_id)
+        if stopping.is_set():
+            raise PlannerStopping(self.run_id)
 
 
 
@@ -626,8 +635,8 @@ class OnePassPacker(BatchPacker):
 
 
 def encode_payload(records: list[tuple[str, dict[str, Any]]]) -> bytes:
-    """A batch's records as stored for any writer of the fleet."""
-    return pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+    """A batch's records as stored for any writer of the fleet (data, never a pickle)."""
+    return payloads.encode(records)
 
 
 @contextmanager
