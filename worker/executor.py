@@ -16,12 +16,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_after_attempt,
     wait_exponential_jitter,
 )
 
@@ -105,30 +105,31 @@ class _StopOrPark:
         return self.next_wait
 
 
-def retrying_passing_failures(policy: RetryPolicy, what: str) -> Retrying:
+def _retrying_or_parking(stop: _StopOrPark, what: str = "batch write") -> Retrying:
     """tenacity's Retrying for calls to a destination: RetryableError is retried (honouring
-    Retry-After) until the policy's attempts run out, then re-raised; other errors escape."""
-    return Retrying(
-        retry=retry_if_exception_type(RetryableError),
-        stop=stop_after_attempt(policy.attempts),
-        wait=RetryAfterWait(policy),
-        reraise=True,
-        before_sleep=lambda state: log.info(
-            "%s failed (%s); retry %d", what, state.outcome.exception(), state.attempt_number
-        ),
-    )
-
-
-def _retrying_or_parking(stop: _StopOrPark) -> Retrying:
+    Retry-After) until `stop` says the attempts ran out or the wait is too long for a task,
+    then re-raised; other errors escape."""
     return Retrying(
         retry=retry_if_exception_type(RetryableError),
         stop=stop,
         wait=stop.sleep_for,
         reraise=True,
         before_sleep=lambda state: log.info(
-            "batch write failed (%s); retry %d", state.outcome.exception(), stop.tries
+            "%s failed (%s); retry %d", what, state.outcome.exception(), stop.tries
         ),
     )
+
+
+def call_or_must_wait(policy: RetryPolicy, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` with RetryableError retried like a batch write; MustWait instead of a wait
+    longer than a task may sleep (the caller gives its process back)."""
+    stop = _StopOrPark(policy, 0, may_park=True)
+    try:
+        return _retrying_or_parking(stop, what)(fn, *args)
+    except RetryableError as exc:
+        if stop.park_for is not None:
+            raise MustWait(stop.park_for, stop.tries, exc) from None
+        raise
 
 
 @dataclass

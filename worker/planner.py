@@ -30,7 +30,7 @@ from shared.services.connections import open_connector
 from shared.settings import get_settings
 from worker import dispatch, mapping, payloads
 from worker.destinations import destination_for
-from worker.executor import RetryPolicy, retrying_passing_failures
+from worker.executor import MustWait, RetryPolicy, call_or_must_wait
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,15 @@ class RunCancelled(Exception):
 
 class PlannerStopping(Exception):
     """This worker is shutting down: the planner hands its run back (see worker.runs)."""
+
+
+class PlannerMustWait(Exception):
+    """The destination asked to wait before the run can be planned (a quota answer while its
+    fields are read): the planner hands the run back until then (see worker.runs)."""
+
+    def __init__(self, seconds: float, message: str) -> None:
+        super().__init__(message)
+        self.seconds, self.message = seconds, message
 
 
 # Set in a worker process told to stop (worker.app); checked with the lease, between chunks.
@@ -143,10 +152,12 @@ def _discover_fields(destination: Destination, object_name: str) -> dict[str, De
     write, and fails the run when it lasts; a destination that cannot describe the object
     (None) gets its values uncast."""
     try:
-        fields = retrying_passing_failures(RetryPolicy(), "field discovery")(
-            destination.list_fields, object_name
+        fields = call_or_must_wait(
+            RetryPolicy(), "field discovery", destination.list_fields, object_name
         )
         return {f.name: f for f in fields}
+    except MustWait as wait:
+        raise PlannerMustWait(wait.seconds, str(wait)) from None
     except AuthError as exc:
         raise RunFailed(f"the destination rejected its credentials: {exc.message}", auth=True) from None
     except RetryableError as exc:

@@ -33,6 +33,7 @@ from worker.destinations import destination_for
 from worker.executor import MustWait, write_with_retries
 from worker.planner import (
     Heartbeat,
+    PlannerMustWait,
     PlannerStopping,
     RunCancelled,
     RunFailed,
@@ -90,6 +91,8 @@ def execute_run(run_id: str) -> float | None:
         log.warning("run %s: lease lost while planning; its new holder carries on", run_id)
     except PlannerStopping:
         _hand_back_run(lease)
+    except PlannerMustWait as wait:
+        _hand_back_run(lease, wait.seconds, wait.message)
     except RunCancelled:
         _end_early(lease, "cancelled", None)
     except RunFailed as exc:
@@ -118,15 +121,17 @@ def _help_followers(run_id: str, token: int) -> None:
         log.exception("run %s: writing its last batches after planning failed", run_id)
 
 
-def _hand_back_run(lease: repo.Lease) -> None:
-    """This worker is stopping mid-planning: end the lease now and ring the run, so another
+def _hand_back_run(lease: repo.Lease, wait_s: float = 0.0, why: str | None = None) -> None:
+    """Give the run being planned back: its lease ends in `wait_s` (0: now, this worker is
+    stopping; else the destination asked to wait) and the run is rung for then, so another
     worker plans it at once rather than after the lease runs out. Its new token fences every
     batch stored so far; what was written of them is in the snapshot and not sent again."""
     with transaction() as conn:
-        released = repo.release_lease(conn, lease.run_id, lease.fencing_token)
+        released = repo.release_lease(conn, lease.run_id, lease.fencing_token, wait_s)
     if released:
-        log.info("run %s handed back: this worker is stopping", lease.run_id)
-        dispatch.enqueue_run(lease.run_id)
+        log.info("run %s handed back for %.1f s: %s", lease.run_id, wait_s,
+                 why or "this worker is stopping")
+        dispatch.enqueue_run(lease.run_id, countdown=wait_s)
 
 
 def lease_destination(lease: repo.Lease) -> str:

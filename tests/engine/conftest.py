@@ -134,6 +134,12 @@ class EngineDriver:
                 "UPDATE run_batches SET not_before = now() - interval '1 second'"
                 " WHERE status = 'pending' AND not_before IS NOT NULL"
             )
+        # The destinations' pauses (a Retry-After honoured fleet-wide) are over as well.
+        from worker.destinations import redis_client
+
+        client = redis_client()
+        for key in client.scan_iter("retl:limit:*:paused"):
+            client.delete(key)
         return len(woken)
 
     def drain(self, workers: int = 1) -> list[str]:

@@ -169,14 +169,18 @@ def next_queued_run(conn: psycopg.Connection, workspace_id: str) -> str | None:
     return None if row is None else row[0]
 
 
-def release_lease(conn: psycopg.Connection, run_id: str, token: int) -> bool:
-    """The planner hands its run back (its worker is stopping): the lease ends now, so the next
-    worker to take the run (`take_lease`) starts planning again at once, with a new token that
-    fences everything the old one stored. False when the run was no longer this token's."""
+def release_lease(
+    conn: psycopg.Connection, run_id: str, token: int, wait_s: float = 0.0
+) -> bool:
+    """The planner hands its run back (its worker is stopping, or the destination asked to
+    wait): the lease ends in `wait_s`, with no owner, so the next worker to take the run
+    (`take_lease`) plans it again from then, with a new token that fences everything the old
+    one stored. False when the run was no longer this token's."""
     row = conn.execute(
-        "UPDATE runs SET lease_expires_at = now(), lease_owner = NULL, updated_at = now()"
+        "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s),"
+        " lease_owner = NULL, updated_at = now()"
         " WHERE id = %s AND fencing_token = %s AND status = 'running' RETURNING 1",
-        (run_id, token),
+        (wait_s, run_id, token),
     ).fetchone()
     return row is not None
 
