@@ -144,13 +144,16 @@ def hand_on(conn: psycopg.Connection, run_id: str) -> int | None:
     destination asked to wait, its worker is stopping): withdraw the run's promise to follow
     (the planner rings its next batches; a follower still there promises again) and mark the
     first batch left to followers rung. Its number, for the caller to ring; None when no batch
-    is left to followers. Under the progress row's lock, as `retire_follower`."""
+    is left to followers. Under the progress row's lock, as `retire_follower`; the batch is
+    looked for skipping locked rows (a writer's claim in flight locks its batch before the
+    progress row, so waiting for it here could deadlock), as the claims do."""
     conn.execute("SELECT 1 FROM run_progress WHERE run_id = %s FOR UPDATE", (run_id,))
     conn.execute("UPDATE run_progress SET writer_until = NULL WHERE run_id = %s", (run_id,))
     row = conn.execute(
         "UPDATE run_batches SET rung = true, enqueued_at = now()"
-        " WHERE run_id = %(run)s AND batch_no = (SELECT min(batch_no) FROM run_batches"
-        "  WHERE run_id = %(run)s AND status = 'pending' AND NOT rung)"
+        " WHERE run_id = %(run)s AND batch_no = (SELECT batch_no FROM run_batches"
+        "  WHERE run_id = %(run)s AND status = 'pending' AND NOT rung"
+        "  ORDER BY batch_no LIMIT 1 FOR UPDATE SKIP LOCKED)"
         " RETURNING batch_no",
         {"run": run_id},
     ).fetchone()
