@@ -173,14 +173,7 @@ def test_a_small_run_is_not_queued_behind_a_large_one(
         assert len(quick.store) == 100
         assert get_run(large_run).status == "running", "the small run finished first"
         assert len(slow.store) < 3_000
-        try:
-            done = wait_for_run(large_run, timeout_s=60)
-        except AssertionError:
-            with transaction() as conn:
-                print(conn.execute("SELECT batch_no, status, rung, attempts, parkings, tries, claimed_by, claimed_until, not_before, enqueued_at, now() FROM run_batches WHERE run_id = %s AND status <> 'done'", (large_run,)).fetchall())
-                print(conn.execute("SELECT * FROM run_progress WHERE run_id = %s", (large_run,)).fetchall())
-            print(fleet.log("worker")[-20000:])
-            raise
+        done = wait_for_run(large_run, timeout_s=90)
         assert (done.status, done.rows_written, len(slow.store)) == ("succeeded", 3_000, 3_000)
 
 
@@ -227,25 +220,31 @@ def _batch_writers(run_id: str) -> set[str]:
 def test_a_planner_stopped_with_sigterm_hands_its_run_over_and_every_record_is_planned_once(
     fleet: Fleet, workspace_id: str, warehouse: Warehouse
 ) -> None:
-    warehouse.insert(60_000)
+    warehouse.insert(10_000)
+    # A source that takes about five seconds to read, so the planner is stopped mid-way.
+    warehouse.execute(
+        "CREATE FUNCTION warehouse.slowly(i integer) RETURNS integer LANGUAGE plpgsql AS"
+        " $$ BEGIN IF i % 100 = 0 THEN PERFORM pg_sleep(0.05); END IF; RETURN i; END $$"
+    )
     env = {"RETL_LEASE_SECONDS": "120"}
-    with SlowSink(0.0) as sink:
-        setup = make_sync(workspace_id, {"url": warehouse.url}, sink.url,
-                          destination_config={"batchSize": 1000})
+    with FakeHttpSink() as sink:
+        setup = make_sync(
+            workspace_id, {"url": warehouse.url}, sink.url,
+            query="SELECT warehouse.slowly(id) AS id, email, name FROM warehouse.people",
+            destination_config={"batchSize": 100},
+        )
         first = fleet.start("first", concurrency=1, grace=20, env=env)
         run_id = _trigger(setup)
-        _wait_until("the first worker plans", lambda: get_run(run_id).status == "running",
-                    timeout_s=30)
-        planner = get_run(run_id).lease_owner
-        fleet.start("second", concurrency=1, grace=20, env=env)
+        _wait_until("the first worker plans", lambda: get_run(run_id).rows_read >= 1_000)
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=30) == 0, fleet.log("first")
+        assert "handed back" in fleet.log("first")
+        fleet.start("second", concurrency=1, grace=20, env=env)
         run = wait_for_run(run_id, timeout_s=90)
         assert run.status == "succeeded", run.error
-        assert len(sink.store) == 60_000
-        assert run.lease_owner is None and planner is not None
+        assert len(sink.store) == 10_000
         # Planned once: the records written before the hand-over are unchanged to the planner
         # that took over, every other record is written by it.
-        assert run.rows_added + run.rows_changed + run.rows_unchanged == 60_000
+        assert run.rows_added + run.rows_changed + run.rows_unchanged == 10_000
         assert run.rows_written + run.rows_failed == run.rows_added + run.rows_changed
-        assert "handed back" in fleet.log("first") or run.rows_unchanged == 0
+        assert run.rows_written > 0
