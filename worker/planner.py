@@ -28,7 +28,7 @@ from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
 from shared.services.connections import open_connector
 from shared.settings import get_settings
-from worker import dispatch, mapping, payloads
+from worker import dispatch, keys, mapping, payloads
 from worker.destinations import destination_for
 from worker.executor import MustWait, RetryPolicy, call_or_must_wait
 
@@ -194,18 +194,64 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
             packer = BatchPacker(context, destination, counts.outgoing)
             _pack_changed_rows(context, source, plan, builder, packer, counts, dup_keys, heartbeat)
         with transaction() as conn:
-            removals = repo.removed_keys(conn, run_id)
             if sync.sync_mode == "delete":
-                removals = repo.outgoing_keys(conn, run_id)
+                removals = [(key, None) for key in repo.outgoing_keys(conn, run_id)]
+            else:
+                removals = repo.removed_keys(conn, run_id, sync.id)
         packer.operation = "delete"
-        for key in removals:
-            packer.add(key, {plan.key_field: key})
+        if removals:
+            run_kind = packer.key_kind or _key_kind_without_rows(context, source, plan)
+            for key, kind in removals:
+                # Deleted as the source typed the key: as the snapshot took it, else as now.
+                packer.add(key, {plan.key_field: keys.typed(key, kind or run_kind)})
         packer.flush()
         return packer.batches
     except ConnectorError as exc:
         raise RunFailed(exc.message, auth=isinstance(exc, AuthError)) from None
     finally:
         source.close()
+
+
+def _key_position(plan: mapping.Plan, offset: int) -> int | None:
+    """Where the key column's own value is in a row whose read columns start at `offset`."""
+    if plan.key_column is None or plan.key_column not in plan.read_columns:
+        return None
+    return offset + plan.read_columns.index(plan.key_column)
+
+
+def _learn_key_kind(
+    context: RunContext, packer: BatchPacker, chunk: list[tuple], position: int | None
+) -> None:
+    """Before the run's first batch is stored: how the source types its keys, from the first
+    row with a key, for the snapshot and the DLQ (`repo.set_key_kind`)."""
+    if position is None:
+        return
+    for row in chunk:
+        if row[position] is not None:
+            _set_key_kind(context, packer, keys.kind_of(row[position]))
+            return
+
+
+def _set_key_kind(context: RunContext, packer: BatchPacker, kind: str) -> None:
+    with transaction() as conn:
+        repo.set_key_kind(conn, context.run_id, kind)
+    packer.key_kind = kind
+
+
+def _key_kind_without_rows(
+    context: RunContext, source: Source, plan: mapping.Plan
+) -> str:
+    """The kind of the run's keys when it read no row in full (deletes, removals only): as the
+    snapshot last took them, else from the first row of the result."""
+    with transaction() as conn:
+        kind = repo.snapshot_key_kind(conn, context.sync.id)
+    if kind is None and plan.key_column is not None:
+        columns = source.columns(context.sync.source_query)
+        position = columns.index(plan.key_column)
+        with closing(source.stream(context.sync.source_query, 1)) as rows:
+            first = next(iter(rows), [])
+        kind = keys.kind_of(first[0][position]) if first else keys.TEXT
+    return kind or keys.TEXT
 
 
 def _salted(source: Source) -> bool:
@@ -258,9 +304,12 @@ def _pack_in_one_pass(
             ))
             build = builder.for_offset(2).build  # rows are (key, hash, *columns)
             add_row = packer.add_row
+            key_at = _key_position(plan, 2)
             with chunks as stream:
                 for chunk in stream:
                     heartbeat.check()
+                    if packer.key_kind is None:
+                        _learn_key_kind(context, packer, chunk, key_at)
                     for row in chunk:
                         key = row[0]
                         if key is None:
@@ -279,7 +328,8 @@ def _pack_in_one_pass(
             repo.set_removed(pg, context.run_id, removed)
             repo.fence_last(pg, context.run_id, context.token)
             pg.commit()
-    return BatchPacker(context, destination, 0, batches=packer.batches)
+    return BatchPacker(context, destination, 0, batches=packer.batches,
+                       key_kind=packer.key_kind)
 
 
 def _diff(
@@ -336,15 +386,18 @@ def _pack_changed_rows(
         return
     valid = counts.added + counts.changed + counts.unchanged
     if to_send == valid and context.lease.replay_keys is None:
-        keys = None  # everything the result holds goes out: no filter to ship to the source
+        outgoing = None  # everything the result holds goes out: no filter to ship to the source
     else:
         with transaction() as conn:
-            keys = repo.outgoing_keys(conn, context.run_id)
+            outgoing = repo.outgoing_keys(conn, context.run_id)
     packer.operation = {"mirror": "upsert"}.get(sync.sync_mode, sync.sync_mode)
     seen_dups: set[str] = set()
     forms = _value_forms(source, builder)
-    for chunk in _rows_for_keys(source, sync.source_query, plan, keys, forms):
+    key_at = _key_position(plan, 1)
+    for chunk in _rows_for_keys(source, sync.source_query, plan, outgoing, forms):
         heartbeat.check()
+        if packer.key_kind is None:
+            _learn_key_kind(context, packer, chunk, key_at)
         for row in chunk:
             key = row[0]
             if key is None:
@@ -401,9 +454,11 @@ class BatchPacker:
     """Collects records into batches of the destination's size; stores and dispatches each."""
 
     def __init__(
-        self, context: RunContext, destination: Destination, total: int, *, batches: int = 0
+        self, context: RunContext, destination: Destination, total: int, *, batches: int = 0,
+        key_kind: str | None = None,
     ) -> None:
         self.context = context
+        self.key_kind = key_kind  # how the source types the run's keys, once known
         self.operation = "upsert"
         operation = "upsert" if context.sync.sync_mode == "mirror" else context.sync.sync_mode
         self.size = max(1, destination.batch_size_for(operation, total))

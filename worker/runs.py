@@ -28,7 +28,7 @@ from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
 from shared.services.connections import record_status
 from shared.settings import get_settings
-from worker import dispatch, payloads
+from worker import dispatch, keys, payloads
 from worker.destinations import destination_for
 from worker.executor import MustWait, write_with_retries
 from worker.planner import (
@@ -543,7 +543,7 @@ def _write_claimed(
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,
                    total=len(records), sync_id=sync.id, has_hashes=has_hashes,
-                   new_keys=new_keys, then_claim=then_claim)
+                   new_keys=new_keys, key_kind=fenced.key_kind, then_claim=then_claim)
 
 
 def park(
@@ -608,6 +608,7 @@ def _finish(
     run_id: str, token: int, claimed: repo.ClaimedBatch, failures: list[repo.Failure], *,
     status: str, abort: tuple[str, str] | None = None, total: int = 0,
     sync_id: str | None = None, has_hashes: bool = False, new_keys: bool = False,
+    key_kind: str | None = None,
     then_claim: Callable[[psycopg.Connection], psycopg.Cursor] | None = None,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
@@ -622,7 +623,7 @@ def _finish(
                 # First: it is the longest statement, and it holds no lock of the run's rows.
                 repo.accept_batch(conn, run_id, claimed.batch_no, sync_id, claimed.operation,
                                   [f.record_key for f in failures], has_hashes=has_hashes,
-                                  new_keys=new_keys)
+                                  new_keys=new_keys, key_kind=key_kind)
             repo.add_failures(conn, run_id, failures)
             # The next batch's claim travels with the record, and is undone with it. It skips
             # locked batches, and no one else locks this claim's batch: no lock waits on it.
@@ -646,7 +647,7 @@ def _finish(
         # accepted first): nothing was recorded, record it again the general way.
         return _finish(run_id, token, claimed, failures, status=status, abort=abort,
                        total=total, sync_id=sync_id, has_hashes=has_hashes,
-                       then_claim=then_claim)
+                       key_kind=key_kind, then_claim=then_claim)
     if progress.complete:
         finalize(run_id, token)
     report_status = "written" if status == "done" else "skipped"
@@ -673,10 +674,12 @@ def finalize(run_id: str, token: int) -> str | None:
         if not null_keys and run.replay_keys is None and not cancel:
             repo.resolve_null_key_entry(conn, sync.id)
         key_field = _key_field(sync) or "key"
+        kind = progress.key_kind if progress is not None else None
         dlq.upsert_open(
             conn, workspace_id=run.workspace_id, sync_id=sync.id, run_id=run_id,
             failures=[
-                dlq.FailedRecord(f.record_key, {key_field: f.key_value}, f.error_code, f.message)
+                dlq.FailedRecord(f.record_key, {key_field: keys.typed(f.key_value, kind)},
+                                 f.error_code, f.message)
                 for f in failures
             ],
         )

@@ -64,6 +64,7 @@ class FencedClaim:
     stop: bool  # a cancel was requested, or an earlier batch aborted the run
     has_hashes: bool  # the batch carries its records' content hashes (a one-pass batch)
     fresh_snapshot: bool = False  # the snapshot was empty when the run was planned
+    key_kind: str | None = None  # how the source typed the run's keys (`set_key_kind`)
 
 
 # The claim of one batch by the holder of a token: it only marks who writes the batch; its
@@ -79,7 +80,7 @@ _CLAIM = (
     " AND p.run_id = b.run_id"
     " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts, b.tries, b.parkings,"
     " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL,"
-    " p.snapshot_was_empty"
+    " p.snapshot_was_empty, p.key_kind"
 )
 
 # A pending batch that may be claimed now: not parked, or parked and due (`park_batch`).
@@ -102,7 +103,7 @@ def read_claim(cur: psycopg.Cursor) -> FencedClaim | None:
         row = cur.fetchone()
     if row is None:
         return None
-    return FencedClaim(ClaimedBatch(*row[:7]), bool(row[7]), bool(row[8]), bool(row[9]))
+    return FencedClaim(ClaimedBatch(*row[:7]), bool(row[7]), bool(row[8]), bool(row[9]), row[10])
 
 
 def claim_batch_fenced(
@@ -203,6 +204,7 @@ class Progress:
     batches_done: int
     abort_error: str | None
     abort_code: str | None
+    key_kind: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -216,7 +218,7 @@ class Progress:
 def progress(conn: psycopg.Connection, run_id: str) -> Progress | None:
     with conn.cursor(row_factory=class_row(Progress)) as cur:
         cur.execute(
-            "SELECT phase, batches_total, batches_done, abort_error, abort_code"
+            "SELECT phase, batches_total, batches_done, abort_error, abort_code, key_kind"
             " FROM run_progress WHERE run_id = %s",
             (run_id,),
         )
