@@ -14,7 +14,7 @@ TEXT = "text"
 
 
 def kind_of(value: Any) -> str:
-    """The kind of a key as the source returned it (or its JSON form)."""
+    """The kind of a key as a record sends it."""
     if isinstance(value, int | float | decimal.Decimal) and not isinstance(value, bool):
         return NUMBER
     return TEXT

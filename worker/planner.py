@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -200,7 +200,7 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
                 removals = repo.removed_keys(conn, run_id, sync.id)
         packer.operation = "delete"
         if removals:
-            run_kind = packer.key_kind or _key_kind_without_rows(context, source, plan)
+            run_kind = packer.key_kind or _key_kind_without_rows(context, source, plan, builder)
             for key, kind in removals:
                 # Deleted as the source typed the key: as the snapshot took it, else as now.
                 packer.add(key, {plan.key_field: keys.typed(key, kind or run_kind)})
@@ -212,46 +212,51 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
         source.close()
 
 
-def _key_position(plan: mapping.Plan, offset: int) -> int | None:
-    """Where the key column's own value is in a row whose read columns start at `offset`."""
-    if plan.key_column is None or plan.key_column not in plan.read_columns:
-        return None
-    return offset + plan.read_columns.index(plan.key_column)
-
-
 def _learn_key_kind(
-    context: RunContext, packer: BatchPacker, chunk: list[tuple], position: int | None
+    context: RunContext, packer: BatchPacker, chunk: list[tuple],
+    build: Callable[[tuple], dict[str, Any]], key_field: str,
 ) -> None:
-    """Before the run's first batch is stored: how the source types its keys, from the first
-    row with a key, for the snapshot and the DLQ (`repo.set_key_kind`)."""
-    if position is None:
+    """Before the run's first batch is stored: how the run's keys are typed as its records
+    send them (the source's type, or the destination field's when it casts), from the first
+    record with a key, for the snapshot, the deletes and the DLQ (`repo.set_key_kind`)."""
+    if not key_field:
         return
     for row in chunk:
-        if row[position] is not None:
-            _set_key_kind(context, packer, keys.kind_of(row[position]))
+        if row[0] is None:
+            continue
+        try:
+            value = build(row).get(key_field)
+        except mapping.RecordMappingError:
+            continue
+        if value is not None:
+            with transaction() as conn:
+                repo.set_key_kind(conn, context.run_id, keys.kind_of(value))
+            packer.key_kind = keys.kind_of(value)
             return
 
 
-def _set_key_kind(context: RunContext, packer: BatchPacker, kind: str) -> None:
-    with transaction() as conn:
-        repo.set_key_kind(conn, context.run_id, kind)
-    packer.key_kind = kind
-
-
 def _key_kind_without_rows(
-    context: RunContext, source: Source, plan: mapping.Plan
+    context: RunContext, source: Source, plan: mapping.Plan, builder: mapping.RecordBuilder
 ) -> str:
-    """The kind of the run's keys when it read no row in full (deletes, removals only): as the
-    snapshot last took them, else from the first row of the result."""
+    """The kind of the run's keys when it built no record (deletes, removals only): as the
+    snapshot last took them, else as the first row of the result would be sent."""
     with transaction() as conn:
         kind = repo.snapshot_key_kind(conn, context.sync.id)
-    if kind is None and plan.key_column is not None:
-        columns = source.columns(context.sync.source_query)
-        position = columns.index(plan.key_column)
-        with closing(source.stream(context.sync.source_query, 1)) as rows:
-            first = next(iter(rows), [])
-        kind = keys.kind_of(first[0][position]) if first else keys.TEXT
-    return kind or keys.TEXT
+    if kind is not None or plan.key_column is None:
+        return kind or keys.TEXT
+    query = context.sync.source_query
+    columns = source.columns(query)
+    with closing(source.stream(query, 1)) as rows:
+        first = next(iter(rows), [])
+    if not first:
+        return keys.TEXT
+    row = first[0]
+    key = row[columns.index(plan.key_column)]
+    try:
+        record = builder.build((key, *(row[columns.index(c)] for c in plan.read_columns)))
+    except mapping.RecordMappingError:
+        return keys.TEXT
+    return keys.kind_of(record.get(plan.key_field))
 
 
 def _salted(source: Source) -> bool:
@@ -304,12 +309,11 @@ def _pack_in_one_pass(
             ))
             build = builder.for_offset(2).build  # rows are (key, hash, *columns)
             add_row = packer.add_row
-            key_at = _key_position(plan, 2)
             with chunks as stream:
                 for chunk in stream:
                     heartbeat.check()
                     if packer.key_kind is None:
-                        _learn_key_kind(context, packer, chunk, key_at)
+                        _learn_key_kind(context, packer, chunk, build, plan.key_field)
                     for row in chunk:
                         key = row[0]
                         if key is None:
@@ -393,11 +397,10 @@ def _pack_changed_rows(
     packer.operation = {"mirror": "upsert"}.get(sync.sync_mode, sync.sync_mode)
     seen_dups: set[str] = set()
     forms = _value_forms(source, builder)
-    key_at = _key_position(plan, 1)
     for chunk in _rows_for_keys(source, sync.source_query, plan, outgoing, forms):
         heartbeat.check()
         if packer.key_kind is None:
-            _learn_key_kind(context, packer, chunk, key_at)
+            _learn_key_kind(context, packer, chunk, builder.build, plan.key_field)
         for row in chunk:
             key = row[0]
             if key is None:
