@@ -50,6 +50,7 @@ def _stop_gracefully(how: str = "Warm", **_: object) -> None:
     RETL_WORKER_GRACE_SECONDS is ended by a cold shutdown (its messages are given back)."""
     if how != "Warm":
         return
+    runs.stopping.set()  # a solo or threads pool runs its tasks in this process
     for child in billiard.active_children():
         try:
             os.kill(child.pid, STOP_SIGNAL)
