@@ -177,18 +177,12 @@ def write_with_retries(
         stop = first if round_no == 1 else _StopOrPark(policy, 0, may_park=False)
         try:
             answers = _retrying_or_parking(stop)(one_call, batch, round_no == 1)
-        except RetryableError as exc:
-            if stop.park_for is not None:
+        except ConnectorError as exc:
+            if isinstance(exc, RetryableError) and stop.park_for is not None:
                 if limiter is not None and exc.retry_after is not None:
                     # The destination asked to wait: the fleet's other writes to it wait too.
                     limiter.pause(stop.park_for)
                 raise MustWait(stop.park_for, stop.tries, exc) from None
-            if round_no == 1:
-                raise  # nothing was accepted: the whole batch failed
-            for index in pending:
-                results[index] = RecordResult.failure(exc.code, exc.message)
-            return BatchOutcome(results=[r for r in results if r is not None], error=exc)
-        except ConnectorError as exc:
             if round_no == 1:
                 raise  # nothing was accepted: the whole batch failed
             for index in pending:
