@@ -277,6 +277,12 @@ class RunAttributes(Schema):
     created_at = UtcDateTime()
     started_at = UtcDateTime(allow_none=True)
     finished_at = UtcDateTime(allow_none=True)
+    waiting_until = UtcDateTime(
+        allow_none=True,
+        metadata={"description": "While the run waits for its destination (a Retry-After, a"
+                  " quota answer, a backoff, its rate or concurrency limit), when its next"
+                  " parked batch is tried again; null when it is not waiting."},
+    )
 
 
 class DlqEntryAttributes(Schema):

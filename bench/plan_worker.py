@@ -24,7 +24,7 @@ def main(run_id: str) -> None:
     from worker import runs as engine
 
     batches: list[tuple[str, int, int]] = []
-    dispatch.enqueue_batch = lambda *job: batches.append(job)  # written below, after the plan
+    dispatch.enqueue_batch = lambda *job, **_: batches.append(job)  # written after the plan
     started = time.perf_counter()
     engine.execute_run(run_id)
     planned = time.perf_counter()

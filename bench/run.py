@@ -24,8 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 ADMIN_URL = os.environ.get("RETL_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RETL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-STATE_DB = "retl_bench_state"
-WAREHOUSE_DB = "retl_bench_warehouse"
+# A suffix keeps benchmarks of several checkouts on one Postgres apart.
+_SUFFIX = os.environ.get("RETL_BENCH_DB_SUFFIX", "")
+STATE_DB = f"retl_bench_state{_SUFFIX}"
+WAREHOUSE_DB = f"retl_bench_warehouse{_SUFFIX}"
 POST_SIZE = 1000
 
 

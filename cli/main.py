@@ -142,8 +142,16 @@ def api(host: str, port: int, threads: int) -> None:
               help="Serve Prometheus metrics on this port (all pool processes summed).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               envvar="RETL_WORKER_METRICS_HOST", help="Address the metrics port listens on.")
-def worker(concurrency: int, pool: str, metrics_port: int | None, metrics_host: str) -> None:
+@click.option("--grace", default=None, type=float,
+              help="Seconds a SIGTERM leaves running work to finish or hand back (default 30,"
+                   " or RETL_WORKER_GRACE_SECONDS).")
+def worker(
+    concurrency: int, pool: str, metrics_port: int | None, metrics_host: str, grace: float | None,
+) -> None:
     """Run a Celery worker: runs, batches, alert deliveries and the reaper."""
+    if grace is not None:
+        os.environ["RETL_WORKER_GRACE_SECONDS"] = str(grace)
+        get_settings.cache_clear()
     _require_servers()
     settings = get_settings()
     if metrics_port is not None:

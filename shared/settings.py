@@ -21,6 +21,8 @@ class Settings:
     beat_interval_s: float
     min_schedule_interval_s: float
     reaper_interval_s: float
+    worker_grace_s: float
+    max_runs_per_workspace: int
     log_level: str
     log_format: str
     alert_dlq_threshold: int
@@ -71,6 +73,8 @@ def get_settings() -> Settings:
         beat_interval_s=_float("RETL_BEAT_INTERVAL_SECONDS", 5),
         min_schedule_interval_s=_float("RETL_MIN_SCHEDULE_INTERVAL_SECONDS", 60),
         reaper_interval_s=_float("RETL_REAPER_INTERVAL_SECONDS", 30),
+        worker_grace_s=_float("RETL_WORKER_GRACE_SECONDS", 30),
+        max_runs_per_workspace=int(_float("RETL_MAX_RUNS_PER_WORKSPACE", 0)),
         log_level=os.environ.get("RETL_LOG_LEVEL", "INFO"),
         log_format="json" if os.environ.get("RETL_LOG_FORMAT", "").lower() == "json" else "text",
         alert_dlq_threshold=int(_float("RETL_ALERT_DLQ_THRESHOLD", 100)),

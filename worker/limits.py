@@ -4,7 +4,11 @@ of in-flight writes).
 
 Both use Redis's own clock, so every worker process on every machine shares one budget per
 destination and no process's clock skew matters. A write takes both at once with one Lua call
-(`try_permit`), so a batch pays one round trip to Redis before its request and one after."""
+(`try_permit`), so a batch pays one round trip to Redis before its request and one after.
+
+A destination that asked the fleet to wait (a Retry-After, a quota answer) is paused for that
+long (`pause`): no permit is given until then, so the batches of every run to it wait (parked)
+instead of each spending a try on an answer known in advance."""
 
 from __future__ import annotations
 
@@ -35,9 +39,15 @@ def window_margin(per_seconds: float) -> float:
 # is granted when fewer than `requests` grants lie in the window before now; otherwise the answer
 # is how long until the oldest one that counts leaves it. A slot is only taken together with a
 # granted request, so a write waiting for the allowance holds no slot.
-# KEYS: slots, window. ARGV: token, max concurrency (0: no cap), slot ttl s, requests, window s.
-# Returns {1, "0"} when granted, {0, "-1"} when no slot is free, {0, wait} to wait for the rate.
+# A paused destination grants nothing until the pause ends.
+# KEYS: slots, window, pause. ARGV: token, max concurrency (0: no cap), slot ttl s, requests,
+# window s. Returns {1, "0"} when granted, {0, "-1"} when no slot is free, {0, wait} to wait for
+# the rate or the pause.
 _PERMIT_LUA = """
+local paused = redis.call('PTTL', KEYS[3])
+if paused > 0 then
+  return {0, string.format('%.3f', paused / 1000)}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local cap = tonumber(ARGV[2])
@@ -66,6 +76,27 @@ return {1, '0'}
 """
 
 
+class NoPermit(Exception):
+    """No permit within the time allowed: worth trying again in `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no permit; try again in {seconds:.2f} s")
+        self.seconds = seconds
+
+
+class _Permit:
+    """A slot with one request of the allowance, released when the block ends."""
+
+    def __init__(self, limiter: DestinationLimiter, token: str) -> None:
+        self.limiter, self.token = limiter, token
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.limiter.release_slot(self.token)
+
+
 def _redis_now(client: redis.Redis) -> float:
     seconds, micros = client.time()
     return seconds + micros / 1_000_000
@@ -83,6 +114,7 @@ class DestinationLimiter:
         self.client = client
         self.window_key = f"retl:limit:{destination_id}:window"
         self.slots_key = f"retl:limit:{destination_id}:slots"
+        self.pause_key = f"retl:limit:{destination_id}:paused"
         self.rate = rate
         self.window_s = rate.per_seconds + window_margin(rate.per_seconds)
         self.max_concurrency = max_concurrency
@@ -92,7 +124,7 @@ class DestinationLimiter:
 
     def _try(self, token: str, *, with_slot: bool) -> float | None:
         granted, wait = self._permit(
-            keys=[self.slots_key, self.window_key],
+            keys=[self.slots_key, self.window_key, self.pause_key],
             args=[token, self.max_concurrency if with_slot else 0, self.slot_ttl_s,
                   self.rate.requests, repr(self.window_s)],
         )
@@ -179,6 +211,35 @@ class DestinationLimiter:
             yield
         finally:
             self.release_slot(token)
+
+    def permit_within(self, max_wait_s: float) -> _Permit:
+        """A permit (`permit`'s) taken within `max_wait_s`, to hold with `with`; NoPermit with
+        the seconds worth waiting instead when the allowance, a pause or busy slots would keep
+        the caller longer (the caller gives its process back rather than sleep)."""
+        started = time.monotonic()
+        pause = _POLL_MIN_S
+        while True:
+            token, wait = self.try_permit()
+            if token is not None:
+                return _Permit(self, token)
+            waited = time.monotonic() - started
+            if wait is None:  # every slot is taken: back off, doubling, within the budget
+                if waited + pause > max_wait_s:
+                    raise NoPermit(max(1.0, max_wait_s))
+                time.sleep(pause)
+                pause = min(pause * 2, _POLL_MAX_S)
+                continue
+            if waited + wait > max_wait_s:
+                raise NoPermit(wait)
+            time.sleep(max(wait, _POLL_MIN_S))
+
+    def pause(self, seconds: float) -> None:
+        """Give no permit for `seconds` (the destination asked the fleet to wait); a longer
+        pause already set stands."""
+        millis = max(1, int(seconds * 1000))
+        current = self.client.pttl(self.pause_key)
+        if current is None or current < millis:
+            self.client.set(self.pause_key, b"1", px=millis)
 
     def release_slot(self, token: str) -> None:
         self.client.zrem(self.slots_key, token)

@@ -9,7 +9,6 @@ once: key, hash and row together, staged and packed as they stream."""
 from __future__ import annotations
 
 import logging
-import pickle
 import queue
 import threading
 import time
@@ -30,9 +29,9 @@ from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
 from shared.services.connections import open_connector
 from shared.settings import get_settings
-from worker import dispatch, mapping
+from worker import dispatch, keys, mapping, payloads
 from worker.destinations import destination_for
-from worker.executor import RetryPolicy, retrying_passing_failures
+from worker.executor import MustWait, RetryPolicy, call_or_must_wait
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,23 @@ class RunFailed(Exception):
 
 class RunCancelled(Exception):
     """A cancel was requested while the run was being planned."""
+
+
+class PlannerStopping(Exception):
+    """This worker is shutting down: the planner hands its run back (see worker.runs)."""
+
+
+class PlannerMustWait(Exception):
+    """The destination asked to wait before the run can be planned (a quota answer while its
+    fields are read): the planner hands the run back until then (see worker.runs)."""
+
+    def __init__(self, seconds: float, message: str) -> None:
+        super().__init__(message)
+        self.seconds, self.message = seconds, message
+
+
+# Set in a worker process told to stop (worker.app); checked with the lease, between chunks.
+stopping = threading.Event()
 
 
 class Heartbeat:
@@ -124,6 +140,8 @@ class Heartbeat:
             raise LeaseLost(self.run_id)
         if self.cancel.is_set():
             raise RunCancelled(self.run_id)
+        if stopping.is_set():
+            raise PlannerStopping(self.run_id)
 
 
 
@@ -165,10 +183,12 @@ def _discover_fields(destination: Destination, object_name: str) -> dict[str, De
     write, and fails the run when it lasts; a destination that cannot describe the object
     (None) gets its values uncast."""
     try:
-        fields = retrying_passing_failures(RetryPolicy(), "field discovery")(
-            destination.list_fields, object_name
+        fields = call_or_must_wait(
+            RetryPolicy(), "field discovery", destination.list_fields, object_name
         )
         return {f.name: f for f in fields}
+    except MustWait as wait:
+        raise PlannerMustWait(wait.seconds, str(wait)) from None
     except AuthError as exc:
         raise RunFailed(f"the destination rejected its credentials: {exc.message}", auth=True) from None
     except RetryableError as exc:
@@ -207,12 +227,16 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
             packer = BatchPacker(context, destination, counts.outgoing)
             _pack_changed_rows(context, source, plan, builder, packer, counts, dup_keys, heartbeat)
         with transaction() as conn:
-            removals = repo.removed_keys(conn, run_id)
             if sync.sync_mode == "delete":
-                removals = repo.outgoing_keys(conn, run_id)
+                removals = [(key, None) for key in repo.outgoing_keys(conn, run_id)]
+            else:
+                removals = repo.removed_keys(conn, run_id, sync.id)
         packer.operation = "delete"
-        for key in removals:
-            packer.add(key, {plan.key_field: key})
+        if removals:
+            run_kind = packer.key_kind or _key_kind_without_rows(context, source, plan, builder)
+            for key, kind in removals:
+                # Deleted as the source typed the key: as the snapshot took it, else as now.
+                packer.add(key, {plan.key_field: keys.typed(key, kind or run_kind)})
         packer.flush()
         return packer.batches
     except ConnectorError as exc:
@@ -221,6 +245,53 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
         raise RunFailed(exc.message, auth=isinstance(exc, AuthError)) from None
     finally:
         source.close()
+
+
+def _learn_key_kind(
+    context: RunContext, packer: BatchPacker, chunk: list[tuple],
+    build: Callable[[tuple], dict[str, Any]], key_field: str,
+) -> None:
+    """Before the run's first batch is stored: how the run's keys are typed as its records
+    send them (the source's type, or the destination field's when it casts), from the first
+    record with a key, for the snapshot, the deletes and the DLQ (`repo.set_key_kind`)."""
+    if not key_field:
+        return
+    for row in chunk:
+        if row[0] is None:
+            continue
+        try:
+            value = build(row).get(key_field)
+        except mapping.RecordMappingError:
+            continue
+        if value is not None:
+            with transaction() as conn:
+                repo.set_key_kind(conn, context.run_id, keys.kind_of(value))
+            packer.key_kind = keys.kind_of(value)
+            return
+
+
+def _key_kind_without_rows(
+    context: RunContext, source: Source, plan: mapping.Plan, builder: mapping.RecordBuilder
+) -> str:
+    """The kind of the run's keys when it built no record (deletes, removals only): as the
+    snapshot last took them, else as the first row of the result would be sent."""
+    with transaction() as conn:
+        kind = repo.snapshot_key_kind(conn, context.sync.id)
+    if kind is not None or plan.key_column is None:
+        return kind or keys.TEXT
+    query = context.sync.source_query
+    columns = source.columns(query)
+    with closing(source.stream(query, 1)) as rows:
+        first = next(iter(rows), [])
+    if not first:
+        return keys.TEXT
+    row = first[0]
+    key = row[columns.index(plan.key_column)]
+    try:
+        record = builder.build((key, *(row[columns.index(c)] for c in plan.read_columns)))
+    except mapping.RecordMappingError:
+        return keys.TEXT
+    return keys.kind_of(record.get(plan.key_field))
 
 
 def _hash_options(context: RunContext, source: Source) -> dict[str, Any]:
@@ -289,6 +360,8 @@ def _pack_in_one_pass(
             with chunks as stream:
                 for chunk in stream:
                     heartbeat.check()
+                    if packer.key_kind is None:
+                        _learn_key_kind(context, packer, chunk, build, plan.key_field)
                     for row in chunk:
                         key = row[0]
                         if key is None:
@@ -307,7 +380,8 @@ def _pack_in_one_pass(
             repo.set_removed(pg, context.run_id, removed)
             repo.fence_last(pg, context.run_id, context.token)
             pg.commit()
-    return BatchPacker(context, destination, 0, batches=packer.batches)
+    return BatchPacker(context, destination, 0, batches=packer.batches,
+                       key_kind=packer.key_kind)
 
 
 def _diff(
@@ -364,15 +438,17 @@ def _pack_changed_rows(
         return
     valid = counts.added + counts.changed + counts.unchanged
     if to_send == valid and context.lease.replay_keys is None:
-        keys = None  # everything the result holds goes out: no filter to ship to the source
+        outgoing = None  # everything the result holds goes out: no filter to ship to the source
     else:
         with transaction() as conn:
-            keys = repo.outgoing_keys(conn, context.run_id)
+            outgoing = repo.outgoing_keys(conn, context.run_id)
     packer.operation = {"mirror": "upsert"}.get(sync.sync_mode, sync.sync_mode)
     seen_dups: set[str] = set()
     forms = _value_forms(source, builder)
-    for chunk in _rows_for_keys(source, sync.source_query, plan, keys, forms):
+    for chunk in _rows_for_keys(source, sync.source_query, plan, outgoing, forms):
         heartbeat.check()
+        if packer.key_kind is None:
+            _learn_key_kind(context, packer, chunk, builder.build, plan.key_field)
         for row in chunk:
             key = row[0]
             if key is None:
@@ -429,9 +505,11 @@ class BatchPacker:
     """Collects records into batches of the destination's size; stores and dispatches each."""
 
     def __init__(
-        self, context: RunContext, destination: Destination, total: int, *, batches: int = 0
+        self, context: RunContext, destination: Destination, total: int, *, batches: int = 0,
+        key_kind: str | None = None,
     ) -> None:
         self.context = context
+        self.key_kind = key_kind  # how the source types the run's keys, once known
         self.operation = "upsert"
         operation = "upsert" if context.sync.sync_mode == "mirror" else context.sync.sync_mode
         self.size = max(1, destination.batch_size_for(operation, total))
@@ -674,8 +752,8 @@ class OnePassPacker(BatchPacker):
 
 
 def encode_payload(records: list[tuple[str, dict[str, Any]]]) -> bytes:
-    """A batch's records as stored for any writer of the fleet."""
-    return pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+    """A batch's records as stored for any writer of the fleet (data, never a pickle)."""
+    return payloads.encode(records)
 
 
 @contextmanager

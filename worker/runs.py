@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -30,10 +29,19 @@ from shared.repositories.engine import LeaseLost
 from shared.services.connections import record_status, redactor_for
 from shared.services.run_events import run_ended, run_started
 from shared.settings import get_settings
-from worker import dispatch
+from worker import dispatch, keys, payloads
 from worker.destinations import destination_for
-from worker.executor import write_with_retries
-from worker.planner import Heartbeat, RunCancelled, RunFailed, load_context, plan_run
+from worker.executor import MustWait, write_with_retries
+from worker.planner import (
+    Heartbeat,
+    PlannerMustWait,
+    PlannerStopping,
+    RunCancelled,
+    RunFailed,
+    load_context,
+    plan_run,
+)
+from worker.planner import stopping as planner_stopping
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +56,13 @@ def execute_run(run_id: str) -> float | None:
     """Take the run and plan it, dispatching its batches. Answers seconds after which to ask
     again (another run of the sync is running, or a live planner still holds the lease)."""
     settings = get_settings()
+    if stopping.is_set():
+        dispatch.enqueue_run(run_id)  # this worker is shutting down: another takes it
+        return None
     try:
         with transaction() as conn:
-            lease = repo.take_lease(conn, run_id, dispatch.worker_id(), settings.lease_seconds)
+            lease = repo.take_lease(conn, run_id, dispatch.worker_id(), settings.lease_seconds,
+                                    settings.max_runs_per_workspace)
     except psycopg.errors.UniqueViolation:
         log.debug("run %s waits: another run of its sync is running", run_id)
         return max(1.0, settings.lease_seconds / 4)
@@ -59,6 +71,11 @@ def execute_run(run_id: str) -> float | None:
             state = repo.run_state(conn, run_id)
         if state is not None and state.status == "running" and state.phase in (None, "planning"):
             return state.seconds_left + 0.5
+        if state is not None and state.status == "queued":
+            # Its workspace has RETL_MAX_RUNS_PER_WORKSPACE runs running: it stays queued, and
+            # no message waits for it. The end of one of them rings it (`_start_next_queued`);
+            # the reaper rings it again if that message is lost.
+            log.info("run %s stays queued: its workspace has its most runs running", run_id)
         return None
     run_started(run_id)
     try:
@@ -74,6 +91,10 @@ def execute_run(run_id: str) -> float | None:
             _help_followers(run_id, lease.fencing_token)
     except LeaseLost:
         log.warning("run %s: lease lost while planning; its new holder carries on", run_id)
+    except PlannerStopping:
+        _hand_back_run(lease)
+    except PlannerMustWait as wait:
+        _hand_back_run(lease, wait.seconds, wait.message)
     except RunCancelled:
         _stop_planning_cancelled(lease)
     except RunFailed as exc:
@@ -97,8 +118,22 @@ def _help_followers(run_id: str, token: int) -> None:
     taker = _Taker(run_id, token, dispatch.worker_id(), settings.lease_seconds, unrung_only=True)
     try:
         taker.take_all()
+        taker.hand_on()
     except Exception:
         log.exception("run %s: writing its last batches after planning failed", run_id)
+
+
+def _hand_back_run(lease: repo.Lease, wait_s: float = 0.0, why: str | None = None) -> None:
+    """Give the run being planned back: its lease ends in `wait_s` (0: now, this worker is
+    stopping; else the destination asked to wait) and the run is rung for then, so another
+    worker plans it at once rather than after the lease runs out. Its new token fences every
+    batch stored so far; what was written of them is in the snapshot and not sent again."""
+    with transaction() as conn:
+        released = repo.release_lease(conn, lease.run_id, lease.fencing_token, wait_s)
+    if released:
+        log.info("run %s handed back for %.1f s: %s", lease.run_id, wait_s,
+                 why or "this worker is stopping")
+        dispatch.enqueue_run(lease.run_id, countdown=wait_s)
 
 
 def _stop_planning_cancelled(lease: repo.Lease) -> None:
@@ -120,6 +155,7 @@ def _stop_planning_cancelled(lease: repo.Lease) -> None:
     taker = _Taker(run_id, token, dispatch.worker_id(), get_settings().lease_seconds)
     try:
         taker.take_all()
+        taker.hand_on()  # its turn ended first: the next free process skips the rest
     except Exception:  # the skipped batches' claims run out and the reaper hands them on
         log.exception("run %s: skipping its batches after a cancel failed", run_id)
 
@@ -143,6 +179,7 @@ def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
         log.warning("run %s ended elsewhere before it could be marked %s", lease.run_id, status)
         return
     run_ended(lease.run_id)
+    _start_next_queued(lease.workspace_id)
 
 
 def _run_redactor(conn: psycopg.Connection, sync_id: str) -> Callable[[str], str]:
@@ -154,17 +191,30 @@ def _run_redactor(conn: psycopg.Connection, sync_id: str) -> Callable[[str], str
                         connections.get_by_id(conn, sync.destination_id))
 
 
+def _start_next_queued(workspace_id: str) -> None:
+    """A run of the workspace ended: with a cap on its runs in flight, ring the queued run that
+    may take the place now rather than let it wait for its next look."""
+    if get_settings().max_runs_per_workspace <= 0:
+        return
+    with transaction() as conn:
+        run_id = repo.next_queued_run(conn, workspace_id)
+    if run_id is not None:
+        dispatch.enqueue_run(run_id)
+
+
 # -- write a batch -------------------------------------------------------------------------------
 
 
 @dataclass
 class BatchReport:
-    status: str  # written, skipped, stale (someone else has it or the run moved on)
+    status: str  # written, skipped, parked (it waits, in Postgres), stale (someone else has
+    # it or the run moved on)
     ok: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
     # The run's next pending batch, claimed in the same transaction (when asked for).
     next_claim: repo.FencedClaim | None = None
+    wait_s: float | None = None  # parked: how long until it is tried again
 
 
 class ClaimLost(Exception):
@@ -282,60 +332,74 @@ def write_batch(run_id: str, batch_no: int, token: int) -> BatchReport:
     finalizes it. Safe to call any number of times for the same batch. While the run is still
     being planned, the writer then follows the planner (`follow_planner`)."""
     claim_s = get_settings().lease_seconds
+    if stopping.is_set():
+        # This worker is shutting down: the batch goes back at once, for another worker.
+        dispatch.enqueue_batch(run_id, batch_no, token)
+        return BatchReport("stale")
     with transaction() as conn, conn.pipeline():  # BEGIN travels with the claim
         fenced = repo.claim_batch_fenced(
             conn, run_id, batch_no, token, dispatch.worker_id(), claim_s
         )
     report = BatchReport("stale") if fenced is None else _write_claimed(run_id, token, fenced)
-    follow_planner(run_id, token)
+    if report.status != "parked":  # the destination asked to wait: no more of it now
+        follow_planner(run_id, token)
     return report
 
 
-# How long one writer follows a run's planner at most before the run's batches are rung again.
-FOLLOW_AT_MOST_S = 30.0
+# How long a pool process writes the batches of one run before it hands the run on (one
+# doorbell for its next batch, queued behind everyone else's) and takes the next message: a
+# large run shares the fleet with the runs triggered after it.
+WRITER_TURN_S = 2.0
+
+# Set in a worker process told to stop (see worker.app): writers hand back what they hold at
+# the next batch boundary, planners their run at the next chunk (the planner's own flag).
+stopping = planner_stopping
 
 
 def follow_planner(run_id: str, token: int) -> int:
     """While the run is being planned, take its batches as they are stored, most without their
     doorbells (see "writers following the planner" in the engine's repository): promise to
     follow, claim the run's pending batches in order, wait for the next one (a NOTIFY), and
-    withdraw the promise after `RETL_WRITER_FOLLOW_SECONDS` without one, or after following
-    for FOLLOW_AT_MOST_S. Once planning has ended, take what was left to followers, then stop.
-    The number of batches written."""
+    withdraw the promise after `RETL_WRITER_FOLLOW_SECONDS` without one. Once planning has
+    ended, take what was left to followers, then stop. A writer's turn lasts WRITER_TURN_S at
+    most: then the run is handed on (`_Taker.hand_on`). The number of batches written."""
     settings = get_settings()
     follow_s = settings.writer_follow_s
     if follow_s <= 0:
         return 0
     taker = _Taker(run_id, token, dispatch.worker_id(), settings.lease_seconds)
     with transaction() as conn:
-        if not repo.promise_to_follow(conn, run_id, token, follow_s):
-            return 0  # planning is over: every batch has its doorbell
-    started = promised_at = idle_since = time.monotonic()
+        following = repo.promise_to_follow(conn, run_id, token, follow_s)
+    if not following:
+        # Planning is over: batches left to followers (no doorbell) are taken in this turn.
+        taker.unrung_only = True
+        taker.take_all()
+        taker.hand_on()
+        return taker.written
+    promised_at = idle_since = time.monotonic()
     listener: psycopg.Connection | None = None
     try:
         while True:
             taken = taker.take_next()
+            if taker.must_stop:
+                taker.hand_on()  # the promise is withdrawn and the run's next batch rung
+                return taker.written
             now = time.monotonic()
             if taken:
                 idle_since = now
-            # After FOLLOW_AT_MOST_S the promise is no longer renewed (a promise of no time at
-            # all): the run's next batches queue with everyone else's again, so a long run does
-            # not keep a worker process to itself.
-            done_following = now - started >= FOLLOW_AT_MOST_S
             if not taken or now - promised_at > follow_s / 3:
                 with transaction() as conn:
-                    following = repo.promise_to_follow(
-                        conn, run_id, token, 0.0 if done_following else follow_s
-                    )
+                    following = repo.promise_to_follow(conn, run_id, token, follow_s)
                 promised_at = now
                 if not following:
                     # Planning has ended (or the run is not this token's): no batch comes any
                     # more, and every stored one is visible now. Take what is left, then stop.
                     taker.take_all()
+                    taker.hand_on()
                     return taker.written
             if taken:
                 continue
-            if done_following or now - idle_since >= follow_s:
+            if now - idle_since >= follow_s:
                 with transaction() as conn:
                     if repo.retire_follower(conn, run_id):
                         return taker.written
@@ -350,7 +414,8 @@ def follow_planner(run_id: str, token: int) -> int:
                 )
                 continue
             # Woken by the next stored batch (or the end of planning), or the wait runs out.
-            next(listener.notifies(timeout=follow_s - (now - idle_since), stop_after=1), None)
+            wait_s = min(follow_s - (now - idle_since), taker.turn_left())
+            next(listener.notifies(timeout=max(wait_s, 0.0), stop_after=1), None)
     finally:
         if listener is not None:
             listener.close()
@@ -359,18 +424,36 @@ def follow_planner(run_id: str, token: int) -> int:
 
 class _Taker:
     """Takes a run's pending batches one after the other, each claimed in the transaction that
-    records the one before it: a batch costs its writer one transaction, not two."""
+    records the one before it: a batch costs its writer one transaction, not two. It stops
+    taking (`must_stop`) when its turn is over, when a batch had to be parked, or when the
+    worker is stopping; `hand_on` then passes the run on."""
 
     def __init__(
-        self, run_id: str, token: int, owner: str, claim_s: float, *, unrung_only: bool = False
+        self, run_id: str, token: int, owner: str, claim_s: float, *, unrung_only: bool = False,
+        turn_s: float | None = None,
     ) -> None:
         self.run_id, self.token, self.owner, self.claim_s = run_id, token, owner, claim_s
         self.unrung_only = unrung_only  # only batches left to followers (no doorbell)
         self.written = 0
+        self.turn_ends = time.monotonic() + (WRITER_TURN_S if turn_s is None else turn_s)
+        self.parked_for: float | None = None  # the last batch was parked for this long
         self._claimed: repo.FencedClaim | None = None
 
+    @property
+    def must_stop(self) -> bool:
+        return (
+            self.parked_for is not None or stopping.is_set()
+            or time.monotonic() >= self.turn_ends
+        )
+
+    def turn_left(self) -> float:
+        return max(0.0, self.turn_ends - time.monotonic())
+
     def take_next(self) -> bool:
-        """Write the run's next pending batch; False when there was none to take."""
+        """Write the run's next pending batch; False when there was none to take, or when it
+        must stop taking."""
+        if self.must_stop:
+            return False
         fenced, self._claimed = self._claimed, None
         if fenced is None:
             with transaction() as conn, conn.pipeline():
@@ -380,12 +463,15 @@ class _Taker:
         if fenced is None:
             return False
         report = _write_claimed(self.run_id, self.token, fenced, then_claim=self._send_claim)
+        if report.status == "parked":
+            self.parked_for = report.wait_s
+            return False
         self._claimed = report.next_claim
         self.written += 1
         return True
 
     def take_all(self) -> None:
-        """Write the run's pending batches until there is none left to take."""
+        """Write the run's pending batches until there is none left to take, or it must stop."""
         while self.take_next():
             continue
 
@@ -394,10 +480,34 @@ class _Taker:
             conn, self.run_id, self.token, self.owner, self.claim_s, self.unrung_only
         )
 
+    def hand_on(self) -> None:
+        """After stopping early: withdraw this writer's promise to follow and ring the run's
+        next batch left to followers, so the run goes on with the next free process (after
+        the parked batch's wait, when the destination asked for one). Nothing to do when it
+        stopped because no batch was left."""
+        self.release()
+        if not self.must_stop:
+            return
+        with transaction() as conn:
+            batch_no = repo.hand_on(conn, self.run_id)
+        if batch_no is not None:
+            dispatch.enqueue_batch(self.run_id, batch_no, self.token,
+                                   countdown=self.parked_for or 0.0)
+
     def release(self) -> None:
-        """A batch claimed but not written (the follower is stopping on an error) is left to
-        its claim's expiry and the reaper."""
-        self._claimed = None
+        """A batch claimed but not written (the taker is stopping) is handed back at once."""
+        fenced, self._claimed = self._claimed, None
+        if fenced is None:
+            return
+        batch = fenced.batch
+        try:
+            with transaction() as conn:
+                handed = repo.park_batch(conn, self.run_id, batch.batch_no, batch.attempts,
+                                         self.token, wait_s=0.0, tries=batch.tries, error=None)
+            if handed:
+                dispatch.enqueue_batch(self.run_id, batch.batch_no, self.token)
+        except Exception:  # its claim runs out instead, and the reaper hands it on
+            log.exception("run %s: handing back batch %s failed", self.run_id, batch.batch_no)
 
 
 def _write_claimed(
@@ -413,7 +523,14 @@ def _write_claimed(
     claim_s = get_settings().lease_seconds
     if stop:
         return _finish(run_id, token, claimed, [], status="skipped", then_claim=then_claim)
-    items: list[tuple[str, dict[str, Any]]] = pickle.loads(claimed.payload)
+    try:
+        items = payloads.decode(claimed.payload)
+    except payloads.PayloadError as exc:
+        # Not data this engine stored (a pickle, a damaged row): never run it, end the run.
+        message = f"batch {batch_no} was refused: {exc}"
+        log.error("run %s: %s", run_id, message)
+        return _finish(run_id, token, claimed, [], status="done", abort=("UNKNOWN", message),
+                       then_claim=then_claim)
     records = [Record(key, fields) for key, fields in items]
     try:
         sync, destination_record = _run_targets(run_id)
@@ -425,10 +542,12 @@ def _write_claimed(
         return _finish(run_id, token, claimed, failures, status="done",
                        abort=("UNKNOWN", message), total=len(records), then_claim=then_claim)
     key_field = _key_field(sync)
-    if claimed.attempts > MAX_BATCH_ATTEMPTS:
+    if claimed.attempts - claimed.parkings > MAX_BATCH_ATTEMPTS:
         # Every earlier claim died mid-write (a worker killed by this batch, say): stop
-        # handing it to the next worker and end the run with the reason.
-        message = f"batch {batch_no} was abandoned after {claimed.attempts - 1} interrupted writes"
+        # handing it to the next worker and end the run with the reason. Claims that parked
+        # the batch (it waited for the destination) were not interrupted.
+        interrupted = claimed.attempts - claimed.parkings - 1
+        message = f"batch {batch_no} was abandoned after {interrupted} interrupted writes"
         failures = [repo.Failure(r.key, r.key, "UNKNOWN", message) for r in records]
         return _finish(run_id, token, claimed, failures, status="done",
                        abort=("UNKNOWN", message), total=len(records), then_claim=then_claim)
@@ -439,12 +558,16 @@ def _write_claimed(
             outcome = write_with_retries(
                 destination, limiter, object_name=sync.object_name, operation=claimed.operation,
                 key_field=key_field, records=records, before_attempt=keeper.check,
+                tries_before=claimed.tries,
             )
         results = outcome.results
         if outcome.error is not None:
             abort = _abort_reason(outcome.error)
     except ClaimLost:
         return BatchReport("stale")
+    except MustWait as wait:
+        return park(run_id, token, claimed, wait.seconds, wait.tries,
+                    None if wait.error is None else wait.error.message)
     except ConnectorError as exc:
         abort = _abort_reason(exc)
         code = "AUTH" if isinstance(exc, AuthError) else exc.code
@@ -465,7 +588,25 @@ def _write_claimed(
     ]
     return _finish(run_id, token, claimed, failures, status="done", abort=abort,
                    total=len(records), sync_id=sync.id, has_hashes=has_hashes,
-                   new_keys=new_keys, then_claim=then_claim)
+                   new_keys=new_keys, key_kind=fenced.key_kind, then_claim=then_claim)
+
+
+def park(
+    run_id: str, token: int, claimed: repo.ClaimedBatch, wait_s: float, tries: int,
+    error: str | None,
+) -> BatchReport:
+    """Hand the claimed batch back to Postgres, to be written again in `wait_s` seconds, and
+    ring its doorbell for then: the pool process is free meanwhile (no write of it is in
+    flight, so nothing can be written twice; the next claim is fenced as every claim is)."""
+    with transaction() as conn:
+        parked = repo.park_batch(conn, run_id, claimed.batch_no, claimed.attempts, token,
+                                 wait_s=wait_s, tries=tries, error=error)
+    if not parked:
+        return BatchReport("stale")
+    log.info("run %s batch %s parked for %.1f s after %d tries%s", run_id, claimed.batch_no,
+             wait_s, tries, f": {error}" if error else "")
+    dispatch.enqueue_batch(run_id, claimed.batch_no, token, countdown=wait_s)
+    return BatchReport("parked", wait_s=wait_s)
 
 
 def _abort_reason(exc: ConnectorError) -> tuple[str, str]:
@@ -512,6 +653,7 @@ def _finish(
     run_id: str, token: int, claimed: repo.ClaimedBatch, failures: list[repo.Failure], *,
     status: str, abort: tuple[str, str] | None = None, total: int = 0,
     sync_id: str | None = None, has_hashes: bool = False, new_keys: bool = False,
+    key_kind: str | None = None,
     then_claim: Callable[[psycopg.Connection], psycopg.Cursor] | None = None,
 ) -> BatchReport:
     ok = total - len(failures) if status == "done" else 0
@@ -526,7 +668,7 @@ def _finish(
                 # First: it is the longest statement, and it holds no lock of the run's rows.
                 repo.accept_batch(conn, run_id, claimed.batch_no, sync_id, claimed.operation,
                                   [f.record_key for f in failures], has_hashes=has_hashes,
-                                  new_keys=new_keys)
+                                  new_keys=new_keys, key_kind=key_kind)
             repo.add_failures(conn, run_id, failures)
             # The next batch's claim travels with the record, and is undone with it. It skips
             # locked batches, and no one else locks this claim's batch: no lock waits on it.
@@ -550,7 +692,7 @@ def _finish(
         # accepted first): nothing was recorded, record it again the general way.
         return _finish(run_id, token, claimed, failures, status=status, abort=abort,
                        total=total, sync_id=sync_id, has_hashes=has_hashes,
-                       then_claim=then_claim)
+                       key_kind=key_kind, then_claim=then_claim)
     if progress.complete:
         finalize(run_id, token)
     report_status = "written" if status == "done" else "skipped"
@@ -577,10 +719,12 @@ def finalize(run_id: str, token: int) -> str | None:
         if not null_keys and run.replay_keys is None and not cancel:
             repo.resolve_null_key_entry(conn, sync.id)
         key_field = _key_field(sync) or "key"
+        kind = progress.key_kind if progress is not None else None
         dlq.upsert_open(
             conn, workspace_id=run.workspace_id, sync_id=sync.id, run_id=run_id,
             failures=[
-                dlq.FailedRecord(f.record_key, {key_field: f.key_value}, f.error_code, f.message)
+                dlq.FailedRecord(f.record_key, {key_field: keys.typed(f.key_value, kind)},
+                                 f.error_code, f.message)
                 for f in failures
             ],
         )
@@ -597,6 +741,7 @@ def finalize(run_id: str, token: int) -> str | None:
     elif written > 0:
         record_status(sync.destination_id, "connected", None)
     run_ended(run_id)
+    _start_next_queued(run.workspace_id)
     return status
 
 

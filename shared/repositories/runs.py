@@ -15,7 +15,15 @@ COLUMNS = (
     "id, workspace_id, sync_id, status, trigger, full_refresh, scheduled_for, replay_keys,"
     " rows_read, rows_written, rows_failed, rows_added, rows_changed, rows_removed,"
     " rows_unchanged, error, cancel_requested, lease_owner, lease_expires_at, fencing_token,"
-    " enqueued_at, created_at, started_at, finished_at, updated_at"
+    " enqueued_at, created_at, started_at, finished_at, updated_at,"
+    # When the run's first parked batch is due (see the engine's `park_batch`), or when a run
+    # handed back before planning (its destination asked to wait) is taken again: the run
+    # waits for its destination until then. NULL when it is not waiting.
+    " CASE WHEN runs.status = 'running' THEN coalesce((SELECT min(b.not_before)"
+    "  FROM run_batches b WHERE b.run_id = runs.id AND b.status = 'pending'"
+    "  AND b.not_before > now()), CASE WHEN runs.lease_owner IS NULL"
+    "  AND runs.lease_expires_at > now() THEN runs.lease_expires_at END)"
+    " END AS waiting_until"
 )
 ACTIVE = ("queued", "running")
 
@@ -47,6 +55,7 @@ class Run:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     updated_at: dt.datetime
+    waiting_until: dt.datetime | None = None
 
 
 def insert_queued(

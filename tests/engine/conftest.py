@@ -114,14 +114,34 @@ class EngineDriver:
         self.engine = engine
         self.dispatch = dispatch
         self.pending: list[tuple[str, int, int]] = []
+        # Batches parked (rung with a countdown): written once the test makes them due.
+        self.parked: list[tuple[str, int, int]] = []
         self.lock = threading.Lock()
         monkeypatch.setattr(dispatch, "enqueue_batch", self._collect)
         monkeypatch.setattr(dispatch, "enqueue_run", lambda run_id: None)
         monkeypatch.setattr(run_service, "enqueue", lambda run_ids: None)
 
-    def _collect(self, run_id: str, batch_no: int, token: int) -> None:
+    def _collect(self, run_id: str, batch_no: int, token: int, countdown: float = 0.0) -> None:
         with self.lock:
-            self.pending.append((run_id, batch_no, token))
+            (self.parked if countdown else self.pending).append((run_id, batch_no, token))
+
+    def wake_parked(self) -> int:
+        """Make every parked batch due now and hand its doorbell to the writers; how many."""
+        with self.lock:
+            woken, self.parked = self.parked, []
+            self.pending.extend(woken)
+        with transaction() as conn:
+            conn.execute(
+                "UPDATE run_batches SET not_before = now() - interval '1 second'"
+                " WHERE status = 'pending' AND not_before IS NOT NULL"
+            )
+        # The destinations' pauses (a Retry-After honoured fleet-wide) are over as well.
+        from worker.destinations import redis_client
+
+        client = redis_client()
+        for key in client.scan_iter("retl:limit:*:paused"):
+            client.delete(key)
+        return len(woken)
 
     def drain(self, workers: int = 1) -> list[str]:
         """Write every collected batch (and any the reaper re-sends); the writers' ids."""

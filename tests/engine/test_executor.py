@@ -119,3 +119,23 @@ def test_a_failure_of_the_first_call_still_fails_the_whole_batch() -> None:
             destination, None, object_name="o", operation="upsert", key_field="id",
             records=_records(2), policy=FAST,
         )
+
+
+def test_a_wait_longer_than_a_task_sleeps_asks_to_park_the_batch() -> None:
+    from worker.executor import MustWait
+
+    destination = ScriptedDestination([RetryableError("429", retry_after=30, code="RATE_LIMIT")])
+    with pytest.raises(MustWait) as parked:
+        write_with_retries(destination, None, object_name="o", operation="upsert",
+                           key_field="id", records=_records(2), policy=RetryPolicy())
+    assert 30 <= parked.value.seconds < 31
+    assert parked.value.tries == 1 and parked.value.error.code == "RATE_LIMIT"
+    assert len(destination.calls) == 1
+
+
+def test_tries_spent_before_a_parking_count_towards_the_attempts() -> None:
+    destination = ScriptedDestination([RetryableError("503")] * 10)
+    with pytest.raises(RetryableError):
+        write_with_retries(destination, None, object_name="o", operation="upsert",
+                           key_field="id", records=_records(2), policy=FAST, tries_before=3)
+    assert len(destination.calls) == FAST.attempts - 3

@@ -296,7 +296,7 @@ def test_the_reaper_rings_what_a_dead_follower_left_at_once(driver: EngineDriver
 
 def test_a_follower_hands_a_long_run_back_to_the_queue(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
     warehouse.insert(95)
-    monkeypatch.setattr("worker.runs.FOLLOW_AT_MOST_S", 0.25)
+    monkeypatch.setattr("worker.runs.WRITER_TURN_S", 0.25)
     _slow_source(monkeypatch, {}, every=0.08)
     run_id = driver.trigger(people_sync())
     planner = _plan_in_background(driver, run_id)

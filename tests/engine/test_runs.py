@@ -96,7 +96,7 @@ def test_null_and_duplicate_keys_are_failed_rows_in_the_dlq(driver: EngineDriver
     codes = sorted(e.error_code for e in entries)
     assert codes == ["DUPLICATE_KEY", "NULL_KEY"]
     duplicate = next(e for e in entries if e.error_code == "DUPLICATE_KEY")
-    assert duplicate.record_keys == {"external_id": "2"}
+    assert duplicate.record_keys == {"external_id": 2}  # as the source typed it
 
 
 def test_rejected_records_land_in_the_dlq_and_the_rest_are_written(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:

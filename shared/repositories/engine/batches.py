@@ -30,6 +30,8 @@ class ClaimedBatch:
     operation: str
     payload: bytes
     attempts: int
+    tries: int = 0  # write attempts spent before this claim (across parkings)
+    parkings: int = 0  # claims that ended by handing the batch back (`park_batch`)
 
 
 def batch_status(conn: psycopg.Connection, run_id: str, batch_no: int) -> str | None:
@@ -62,6 +64,7 @@ class FencedClaim:
     stop: bool  # a cancel was requested, or an earlier batch aborted the run
     has_hashes: bool  # the batch carries its records' content hashes (a one-pass batch)
     fresh_snapshot: bool = False  # the snapshot was empty when the run was planned
+    key_kind: str | None = None  # how the source typed the run's keys (`set_key_kind`)
 
 
 # The claim of one batch by the holder of a token: it only marks who writes the batch; its
@@ -75,10 +78,13 @@ _CLAIM = (
     " WHERE b.run_id = %(run)s AND {which}"
     " AND r.id = b.run_id AND r.fencing_token = %(token)s AND r.status = 'running'"
     " AND p.run_id = b.run_id"
-    " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts,"
+    " RETURNING b.run_id, b.batch_no, b.operation, b.payload, b.attempts, b.tries, b.parkings,"
     " r.cancel_requested OR p.abort_error IS NOT NULL, b.content_hashes IS NOT NULL,"
-    " p.snapshot_was_empty"
+    " p.snapshot_was_empty, p.key_kind"
 )
+
+# A pending batch that may be claimed now: not parked, or parked and due (`park_batch`).
+DUE = "(b.not_before IS NULL OR b.not_before <= now())"
 
 
 def _claim(conn: psycopg.Connection, which: str, params: dict[str, Any]) -> FencedClaim | None:
@@ -97,7 +103,7 @@ def read_claim(cur: psycopg.Cursor) -> FencedClaim | None:
         row = cur.fetchone()
     if row is None:
         return None
-    return FencedClaim(ClaimedBatch(*row[:5]), bool(row[5]), bool(row[6]), bool(row[7]))
+    return FencedClaim(ClaimedBatch(*row[:7]), bool(row[7]), bool(row[8]), bool(row[9]), row[10])
 
 
 def claim_batch_fenced(
@@ -109,11 +115,36 @@ def claim_batch_fenced(
     taken over)."""
     return _claim(
         conn,
-        "b.batch_no = %(batch)s AND (b.status = 'pending'"
+        f"b.batch_no = %(batch)s AND ((b.status = 'pending' AND {DUE})"
         " OR (b.status = 'running' AND b.claimed_until < now()))",
         {"owner": owner, "claim_s": claim_seconds, "run": run_id, "batch": batch_no,
          "token": token},
     )
+
+
+def park_batch(
+    conn: psycopg.Connection, run_id: str, batch_no: int, attempts: int, token: int, *,
+    wait_s: float, tries: int, error: str | None,
+) -> bool:
+    """Hand a claimed batch back, not to be claimed for `wait_s` seconds (0: at once), with the
+    write attempts it has spent and the destination's last answer; its doorbell is rung for
+    when it is due (`enqueued_at`, which the reaper also goes by). False when this claim or the
+    run's token no longer holds it."""
+    row = conn.execute(
+        "UPDATE run_batches b SET status = 'pending', claimed_by = NULL, claimed_until = NULL,"
+        " not_before = CASE WHEN %(wait)s > 0 THEN now() + make_interval(secs => %(wait)s) END,"
+        " enqueued_at = now() + make_interval(secs => %(wait)s), rung = true,"
+        " tries = %(tries)s, parkings = b.parkings + 1,"
+        " last_error = coalesce(%(error)s, b.last_error)"
+        " FROM runs r WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
+        " AND b.status = 'running' AND b.attempts = %(attempts)s"
+        " AND r.id = b.run_id AND r.fencing_token = %(token)s AND r.status = 'running'"
+        " AND set_config('synchronous_commit', 'off', true) = 'off'"
+        " RETURNING 1",
+        {"run": run_id, "batch": batch_no, "attempts": attempts, "token": token,
+         "wait": wait_s, "tries": tries, "error": error},
+    ).fetchone()
+    return row is not None
 
 
 def renew_claim(
@@ -173,6 +204,7 @@ class Progress:
     batches_done: int
     abort_error: str | None
     abort_code: str | None
+    key_kind: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -186,7 +218,7 @@ class Progress:
 def progress(conn: psycopg.Connection, run_id: str) -> Progress | None:
     with conn.cursor(row_factory=class_row(Progress)) as cur:
         cur.execute(
-            "SELECT phase, batches_total, batches_done, abort_error, abort_code"
+            "SELECT phase, batches_total, batches_done, abort_error, abort_code, key_kind"
             " FROM run_progress WHERE run_id = %s",
             (run_id,),
         )

@@ -11,6 +11,7 @@ from shared.repositories.engine.planning import Failure
 def accept_batch(
     conn: psycopg.Connection, run_id: str, batch_no: int, sync_id: str, operation: str,
     refused: list[str], *, has_hashes: bool = False, new_keys: bool = False,
+    key_kind: str | None = None,
 ) -> None:
     """The destination accepted the batch's records except `refused`: the snapshot takes their
     hashes (or forgets the removed ones) and their open DLQ entries resolve — unless the run
@@ -19,7 +20,7 @@ def accept_batch(
     `new_keys` (a one-pass batch of a run planned against an empty snapshot): the snapshot
     holds none of the keys, so they are inserted without the conflict check; if one is there
     after all this raises UniqueViolation, and the caller records the batch again without
-    `new_keys`."""
+    `new_keys`. `key_kind` is how the source typed the keys (see `set_key_kind`)."""
     # Driven by the batch's keys (one primary-key probe each): the staging tables are never
     # analysed, and a plan that scanned the run's whole staging per batch would be quadratic.
     accepted = (
@@ -28,16 +29,20 @@ def accept_batch(
         " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
         " AND NOT (k.record_key = ANY(%(refused)s::text[]))"
     )
-    params = {"run": run_id, "batch": batch_no, "refused": refused, "sync": sync_id}
+    params = {"run": run_id, "batch": batch_no, "refused": refused, "sync": sync_id,
+              "kind": key_kind}
     upsert = "" if new_keys and has_hashes else (
-        " ON CONFLICT (sync_id, record_key) DO UPDATE SET content_hash = EXCLUDED.content_hash"
+        " ON CONFLICT (sync_id, record_key) DO UPDATE SET content_hash = EXCLUDED.content_hash,"
+        " key_kind = EXCLUDED.key_kind"
         " WHERE sync_snapshots.content_hash <> EXCLUDED.content_hash"
+        " OR sync_snapshots.key_kind IS DISTINCT FROM EXCLUDED.key_kind"
     )
     # A one-pass batch carries its hashes; otherwise they are the run's staged operations'.
     if has_hashes:
         conn.execute(
-            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash)"
-            " SELECT %(sync)s, k.record_key, k.content_hash FROM run_batches b CROSS JOIN LATERAL"
+            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash, key_kind)"
+            " SELECT %(sync)s, k.record_key, k.content_hash, %(kind)s"
+            " FROM run_batches b CROSS JOIN LATERAL"
             " unnest(b.record_keys, b.content_hashes) AS k(record_key, content_hash)"
             " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
             " AND NOT (k.record_key = ANY(%(refused)s::text[]))" + upsert,
@@ -45,8 +50,8 @@ def accept_batch(
         )
     else:
         conn.execute(
-            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash)"
-            f" SELECT %(sync)s, o.record_key, o.content_hash FROM ({accepted}) AS a"
+            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash, key_kind)"
+            f" SELECT %(sync)s, o.record_key, o.content_hash, %(kind)s FROM ({accepted}) AS a"
             " JOIN run_ops o ON o.run_id = %(run)s AND o.record_key = a.record_key"
             " WHERE o.change <> 'removed'" + upsert,
             params,

@@ -103,6 +103,7 @@ def send_claim_next_pending(
         conn,
         "b.batch_no = (SELECT u.batch_no FROM run_batches u"
         "  WHERE u.run_id = %(run)s AND u.status = 'pending'"
+        "  AND (u.not_before IS NULL OR u.not_before <= now())"
         + (" AND NOT u.rung" if unrung_only else "")
         + "  ORDER BY u.batch_no LIMIT 1 FOR UPDATE SKIP LOCKED) AND b.status = 'pending'",
         {"owner": owner, "claim_s": claim_seconds, "run": run_id, "token": token},
@@ -136,3 +137,24 @@ def retire_follower(conn: psycopg.Connection, run_id: str) -> bool:
         return False
     conn.execute("UPDATE run_progress SET writer_until = NULL WHERE run_id = %s", (run_id,))
     return True
+
+
+def hand_on(conn: psycopg.Connection, run_id: str) -> int | None:
+    """A writer stops taking the run's batches before they ran out (its turn is over, the
+    destination asked to wait, its worker is stopping): withdraw the run's promise to follow
+    (the planner rings its next batches; a follower still there promises again) and mark the
+    first batch left to followers rung. Its number, for the caller to ring; None when no batch
+    is left to followers. Under the progress row's lock, as `retire_follower`; the batch is
+    looked for skipping locked rows (a writer's claim in flight locks its batch before the
+    progress row, so waiting for it here could deadlock), as the claims do."""
+    conn.execute("SELECT 1 FROM run_progress WHERE run_id = %s FOR UPDATE", (run_id,))
+    conn.execute("UPDATE run_progress SET writer_until = NULL WHERE run_id = %s", (run_id,))
+    row = conn.execute(
+        "UPDATE run_batches SET rung = true, enqueued_at = now()"
+        " WHERE run_id = %(run)s AND batch_no = (SELECT batch_no FROM run_batches"
+        "  WHERE run_id = %(run)s AND status = 'pending' AND NOT rung"
+        "  ORDER BY batch_no LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        " RETURNING batch_no",
+        {"run": run_id},
+    ).fetchone()
+    return None if row is None else row[0]

@@ -27,24 +27,41 @@ class Lease:
 
 
 def take_lease(
-    conn: psycopg.Connection, run_id: str, owner: str, lease_seconds: float
+    conn: psycopg.Connection, run_id: str, owner: str, lease_seconds: float,
+    max_running_per_workspace: int = 0,
 ) -> Lease | None:
-    """Start a queued run, or take over a running one whose planner's lease expired.
+    """Start a queued run, or take over a running one whose planner's lease expired. With
+    `max_running_per_workspace`, a queued run starts only while its workspace has fewer runs
+    running (decided under a lock of the workspace, so two workers cannot both take the last
+    place); None then, and it stays queued.
 
     Raises psycopg.errors.UniqueViolation when another run of the sync is running."""
+    cap = ""
+    if max_running_per_workspace > 0:
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('retl:workspace-runs:' || workspace_id))"
+            " FROM runs WHERE id = %s",
+            (run_id,),
+        )
+        cap = (
+            " AND (r.status = 'running' OR (SELECT count(*) FROM runs o"
+            "  WHERE o.workspace_id = r.workspace_id AND o.status = 'running') < %(cap)s)"
+        )
     with conn.cursor(row_factory=class_row(Lease)) as cur:
         cur.execute(
-            "UPDATE runs r SET status = 'running', lease_owner = %s,"
-            " lease_expires_at = now() + make_interval(secs => %s),"
+            "UPDATE runs r SET status = 'running', lease_owner = %(owner)s,"
+            " lease_expires_at = now() + make_interval(secs => %(lease)s),"
             " fencing_token = r.fencing_token + 1, started_at = coalesce(r.started_at, now()),"
             " rows_read = 0, rows_written = 0, rows_failed = 0, rows_added = 0,"
             " rows_changed = 0, rows_removed = 0, rows_unchanged = 0, updated_at = now()"
-            " WHERE r.id = %s AND (r.status = 'queued'"
+            " WHERE r.id = %(run)s AND (r.status = 'queued'"
             "   OR (r.status = 'running' AND r.lease_expires_at < now() AND NOT EXISTS ("
             "       SELECT 1 FROM run_progress p WHERE p.run_id = r.id AND p.phase <> 'planning')))"
-            " RETURNING r.id AS run_id, r.sync_id, r.workspace_id, r.fencing_token,"
+            + cap
+            + " RETURNING r.id AS run_id, r.sync_id, r.workspace_id, r.fencing_token,"
             " r.full_refresh, r.replay_keys",
-            (owner, lease_seconds, run_id),
+            {"owner": owner, "lease": lease_seconds, "run": run_id,
+             "cap": max_running_per_workspace},
         )
         return cur.fetchone()
 
@@ -137,6 +154,35 @@ _FENCE_LAST = (
     " WHERE id = %(run)s AND fencing_token = %(token)s AND status = 'running'"
     " RETURNING cancel_requested"
 )
+
+
+def next_queued_run(conn: psycopg.Connection, workspace_id: str) -> str | None:
+    """The workspace's oldest queued run whose sync has no run running: the one to start when
+    a place under the workspace's cap frees."""
+    row = conn.execute(
+        "SELECT q.id FROM runs q WHERE q.workspace_id = %s AND q.status = 'queued'"
+        " AND NOT q.cancel_requested AND NOT EXISTS (SELECT 1 FROM runs r"
+        "  WHERE r.sync_id = q.sync_id AND r.status = 'running')"
+        " ORDER BY q.id LIMIT 1",
+        (workspace_id,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def release_lease(
+    conn: psycopg.Connection, run_id: str, token: int, wait_s: float = 0.0
+) -> bool:
+    """The planner hands its run back (its worker is stopping, or the destination asked to
+    wait): the lease ends in `wait_s`, with no owner, so the next worker to take the run
+    (`take_lease`) plans it again from then, with a new token that fences everything the old
+    one stored. False when the run was no longer this token's."""
+    row = conn.execute(
+        "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s),"
+        " lease_owner = NULL, updated_at = now()"
+        " WHERE id = %s AND fencing_token = %s AND status = 'running' RETURNING 1",
+        (wait_s, run_id, token),
+    ).fetchone()
+    return row is not None
 
 
 def current_token(conn: psycopg.Connection, run_id: str) -> int | None:

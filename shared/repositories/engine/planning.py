@@ -21,6 +21,7 @@ def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
         "INSERT INTO run_progress (run_id) VALUES (%s) ON CONFLICT (run_id) DO UPDATE"
         " SET phase = 'planning', batches_total = NULL, batches_done = 0, abort_error = NULL,"
         " abort_code = NULL, finished_at = NULL, snapshot_was_empty = false, writer_until = NULL,"
+        " key_kind = NULL,"
         " backlog_rung_at = NULL, updated_at = now()",
         (run_id,),
     )
@@ -325,13 +326,33 @@ def outgoing_keys(conn: psycopg.Connection, run_id: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def removed_keys(conn: psycopg.Connection, run_id: str) -> list[str]:
+def removed_keys(
+    conn: psycopg.Connection, run_id: str, sync_id: str
+) -> list[tuple[str, str | None]]:
+    """(key, how the source typed it when the snapshot took it) of the run's removals."""
     rows = conn.execute(
-        "SELECT record_key FROM run_ops WHERE run_id = %s AND change = 'removed'"
-        " ORDER BY record_key",
-        (run_id,),
+        "SELECT o.record_key, s.key_kind FROM run_ops o LEFT JOIN sync_snapshots s"
+        " ON s.sync_id = %s AND s.record_key = o.record_key"
+        " WHERE o.run_id = %s AND o.change = 'removed' ORDER BY o.record_key",
+        (sync_id, run_id),
     ).fetchall()
-    return [row[0] for row in rows]
+    return [(row[0], row[1]) for row in rows]
+
+
+def set_key_kind(conn: psycopg.Connection, run_id: str, kind: str) -> None:
+    """How the source types the run's keys ('number' or 'text'), for its writers (the snapshot
+    keeps it) and finalization (DLQ record_keys); set before the run's first batch is stored."""
+    conn.execute("UPDATE run_progress SET key_kind = %s WHERE run_id = %s", (kind, run_id))
+
+
+def snapshot_key_kind(conn: psycopg.Connection, sync_id: str) -> str | None:
+    """How the sync's keys were typed when the snapshot last took one (None: never said)."""
+    row = conn.execute(
+        "SELECT key_kind FROM sync_snapshots WHERE sync_id = %s AND key_kind IS NOT NULL"
+        " LIMIT 1",
+        (sync_id,),
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def set_plan_counts(
@@ -393,7 +414,7 @@ def planning_done(conn: psycopg.Connection, run_id: str, batches_total: int) -> 
         cur.execute(
             "UPDATE run_progress SET phase = 'writing', batches_total = %s, updated_at = now()"
             " WHERE run_id = %s"
-            " RETURNING phase, batches_total, batches_done, abort_error, abort_code",
+            " RETURNING phase, batches_total, batches_done, abort_error, abort_code, key_kind",
             (batches_total, run_id),
         )
         return cur.fetchone()
