@@ -24,6 +24,8 @@ class Settings:
     log_level: str
     queue: str
     duckdb_directories: tuple[str, ...]
+    database_wait_s: float
+    metrics_token: str | None
 
     @property
     def control_queue(self) -> str:
@@ -66,4 +68,6 @@ def get_settings() -> Settings:
         duckdb_directories=tuple(
             d for d in os.environ.get("RETL_DUCKDB_DIRECTORIES", "").split(os.pathsep) if d
         ),
+        database_wait_s=_float("RETL_DATABASE_WAIT_SECONDS", 10),
+        metrics_token=os.environ.get("RETL_METRICS_TOKEN") or None,
     )
