@@ -281,7 +281,7 @@ class HttpDestination(Destination):
         except requests.Timeout as exc:
             raise RetryableError(f"{self.url} timed out: {exc}", code="TIMEOUT") from None
         except requests.RequestException as exc:
-            raise RetryableError(f"cannot reach {self.url}: {exc}") from None
+            raise RetryableError(f"cannot reach {self.url}: {exc}", code="CONNECTION") from None
         return self._results(response, len(records))
 
     def _results(self, response: requests.Response, count: int) -> list[RecordResult]:

@@ -552,7 +552,9 @@ class HubSpotDestination(Destination):
                 f"HubSpot did not answer {method} {path} in time: {exc}", code="TIMEOUT"
             ) from exc
         except requests.ConnectionError as exc:
-            raise RetryableError(f"could not reach HubSpot for {method} {path}: {exc}") from exc
+            raise RetryableError(
+                f"could not reach HubSpot for {method} {path}: {exc}", code="CONNECTION"
+            ) from exc
         except requests.RequestException as exc:
             raise ConnectorError(f"HubSpot request {method} {path} failed: {exc}") from exc
         self._note_rate_limits(response.headers)

@@ -261,7 +261,9 @@ class IterableDestination(Destination):
         except requests.Timeout as exc:
             raise RetryableError(f"Iterable timed out: {exc}", code="TIMEOUT") from None
         except requests.RequestException as exc:
-            raise RetryableError(f"cannot reach Iterable at {self.base_url}: {exc}") from None
+            raise RetryableError(
+                f"cannot reach Iterable at {self.base_url}: {exc}", code="CONNECTION"
+            ) from None
         status = response.status_code
         if status in (401, 403):
             raise AuthError(

@@ -163,7 +163,7 @@ class PostgresDestination(Destination):
             return AuthError(
                 f"Postgres refused the login: {text.strip()}; fix the user and password in url"
             )
-        return RetryableError(f"cannot connect to Postgres: {text.strip()}")
+        return RetryableError(f"cannot connect to Postgres: {text.strip()}", code="CONNECTION")
 
     def close(self) -> None:
         with self._lock:

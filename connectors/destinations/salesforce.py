@@ -456,7 +456,9 @@ class SalesforceDestination(Destination):
                     f"Salesforce sign-in timed out: {exc}", code="TIMEOUT"
                 ) from None
             except requests.RequestException as exc:
-                raise RetryableError(f"cannot reach {self.login_url}: {exc}") from None
+                raise RetryableError(
+                    f"cannot reach {self.login_url}: {exc}", code="CONNECTION"
+                ) from None
             text = response.text[:MAX_ERROR_TEXT]
             if response.status_code == 429 or response.status_code >= 500:
                 raise RetryableError(
@@ -523,7 +525,9 @@ class SalesforceDestination(Destination):
                     f"Salesforce timed out on {method} {path}: {exc}", code="TIMEOUT"
                 ) from None
             except requests.RequestException as exc:
-                raise RetryableError(f"cannot reach {self._instance_url}: {exc}") from None
+                raise RetryableError(
+                    f"cannot reach {self._instance_url}: {exc}", code="CONNECTION"
+                ) from None
             self._note_api_usage(response)
             if response.status_code == 401 and attempt == 0 and self.can_refresh:
                 self._refresh_access_token(stale_token=token)
