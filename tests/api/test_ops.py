@@ -123,3 +123,33 @@ def test_openapi_document_is_valid_openapi_3(client):
     document = client.get("/api/openapi.json").get_json()
 
     validate(document)  # raises on any violation of the OpenAPI 3 schema
+
+
+def test_openapi_document_tells_what_the_server_answers(client):
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    document = client.get("/api/openapi.json").get_json()
+
+    update = paths[f"{API}/syncs/{{id}}"]["put"]["requestBody"]["content"]["application/json"]["schema"]
+    update_schema = document["components"]["schemas"][update["$ref"].rsplit("/", 1)[1]]
+    assert "required" not in update_schema and "fieldMappings" in update_schema["properties"]
+    trigger = paths[f"{API}/sync/run"]["post"]["responses"]
+    assert set(trigger) >= {"202", "400", "401", "404", "413", "422", "503"} and "200" not in trigger
+    shapes = trigger["202"]["content"]["application/json"]["schema"]["oneOf"]
+    assert [s["properties"]["data"]["type"] for s in shapes] == ["object", "array"]
+    for path in ("/syncs", "/destinations", "/sources", "/api-keys"):
+        assert set(paths[API + path]["post"]["responses"]) & {"200", "201", "202"} == {"201"}, path
+    assert "202" in paths[f"{API}/runs/{{id}}/cancel"]["post"]["responses"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            assert {"401", "503"} <= statuses and "default" not in statuses, (method, path)
+            error = operation["responses"]["401"]["content"]["application/json"]["schema"]
+            assert error == {"$ref": "#/components/schemas/Errors"}
+
+
+def test_a_partial_update_and_a_list_trigger_answer_as_documented(client, api_key, sync):
+    updated = client.put(f"{API}/syncs/{sync['id']}", json={"name": "renamed"}, headers=bearer(api_key))
+    triggered = client.post(f"{API}/sync/run", json={"syncIds": [sync["id"]]}, headers=bearer(api_key))
+
+    assert updated.status_code == 200 and updated.get_json()["data"]["attributes"]["name"] == "renamed"
+    assert triggered.status_code == 202 and isinstance(triggered.get_json()["data"], list)
