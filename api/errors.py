@@ -78,7 +78,11 @@ def register(app: Flask) -> None:
     def _http(exc: HTTPException):
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        return _respond([error_object(status, code, exc.description or exc.name)], status)
+        response, _ = _respond([error_object(status, code, exc.description or exc.name)], status)
+        for name, value in exc.get_headers():  # e.g. the Allow of a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(psycopg.OperationalError)
     def _database_away(exc: psycopg.OperationalError):
