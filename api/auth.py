@@ -1,8 +1,8 @@
 """Bearer-key authentication for every /api route: the key decides the workspace.
 
-The key is looked up on a connection checked out for the request, in the transaction that the
-route's service then continues (`shared.db.carry`): authentication costs no transaction of its
-own."""
+The key is looked up on a connection checked out for the request (`shared.db.carry`), which the
+route's service then uses for its own work: one checkout, and no transaction of its own for the
+key (an authenticated read is the key lookup and the read, nothing else)."""
 
 from __future__ import annotations
 

@@ -3,10 +3,13 @@
 The pool is created on first use, never at import time, so that forked processes (Celery
 workers, gunicorn workers) each open their own (see `reset_pool`).
 
-A caller may check a connection out ahead of time with `carry` (the API authenticates a request
-on it): the first `transaction()` of the same context then runs on that connection, inside the
-transaction the caller began, so the key lookup and the request's work share one checkout and
-one commit."""
+`read()` is for reading with a single statement: it runs without a transaction around it (one
+statement sees one snapshot by itself), which spares the BEGIN and COMMIT round trips.
+
+A caller may check a connection out ahead of time with `carry` (the API looks a request's key up
+on it, outside any transaction): the first `read()` or `transaction()` of the same context then
+runs on that connection. An authenticated `GET /syncs` is so two statements on one checkout: the
+key lookup and the list, and no BEGIN or COMMIT."""
 
 from __future__ import annotations
 
@@ -55,45 +58,70 @@ def reset_pool() -> None:
 
 @contextmanager
 def carry() -> Iterator[psycopg.Connection]:
-    """A connection checked out for the current context: what the caller runs on it stays open
-    and becomes the start of the context's first `transaction()`. Given back (rolled back) at
-    the end if no transaction took it."""
+    """A connection checked out for the current context, outside any transaction (autocommit),
+    taken by the context's first `read()` or `transaction()`; given back at the end."""
     pool = get_pool()
     conn = pool.getconn()
     token = _carried.set(conn)
     try:
+        conn.autocommit = True
         yield conn
     finally:
         _carried.reset(token)
-        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            # Not taken by a transaction (the request failed or did no database work).
-            _rollback_quietly(conn)
+        _outside_autocommit(conn)
         pool.putconn(conn)
 
 
-def _rollback_quietly(conn: psycopg.Connection) -> None:
+def _take_carried() -> psycopg.Connection | None:
+    conn = _carried.get()
+    if conn is not None:
+        _carried.set(None)  # only the first use in the context takes it
+    return conn
+
+
+def _outside_autocommit(conn: psycopg.Connection) -> None:
+    """Back to the pool's default (transactions), unless the connection broke: the pool then
+    discards it."""
     try:
-        conn.rollback()
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        conn.autocommit = False
     except psycopg.Error:
-        pass  # a broken connection: the pool discards it
+        pass
+
+
+@contextmanager
+def read() -> Iterator[psycopg.Connection]:
+    """A pooled connection for reading with ONE statement, run without a transaction (a single
+    statement sees one consistent snapshot by itself): no BEGIN and COMMIT round trips. Work of
+    several statements that must agree, and every write, use `transaction()`."""
+    carried = _take_carried()
+    if carried is not None:
+        yield carried  # in autocommit since `carry`; given back by it
+        return
+    with get_pool().connection() as conn:
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            _outside_autocommit(conn)
 
 
 @contextmanager
 def transaction() -> Iterator[psycopg.Connection]:
     """A pooled connection inside one transaction: committed on success, rolled back on error."""
-    carried = _carried.get()
-    if carried is not None:
-        _carried.set(None)  # only the first transaction of the context takes it
-        try:
-            yield carried
-        except BaseException:
-            _rollback_quietly(carried)
-            raise
-        else:
-            carried.commit()
+    carried = _take_carried()
+    if carried is None:
+        with get_pool().connection() as conn:
+            yield conn
         return
-    with get_pool().connection() as conn:
-        yield conn
+    carried.autocommit = False
+    try:
+        yield carried
+    except BaseException:
+        _outside_autocommit(carried)
+        raise
+    carried.commit()
 
 
 def connect(autocommit: bool = False) -> psycopg.Connection:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shared.db import transaction
+from shared.db import read, transaction
 from shared.errors import NotFound, Unauthorized
 from shared.repositories import workspaces
 
@@ -58,8 +58,8 @@ def key_hash_of_bearer(authorization: str | None) -> str:
 
 
 def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> str:
-    """The workspace a live key authenticates, looked up on `conn` inside the transaction its
-    caller holds (the API's request connection, whose first transaction is the request's work)."""
+    """The workspace a live key authenticates, looked up on `conn` (the API's request connection,
+    which the request's work then uses)."""
     workspace_id = workspaces.workspace_for_key_hash(conn, key_hash)
     if workspace_id is None:
         raise Unauthorized("unknown or revoked API key")
@@ -67,7 +67,7 @@ def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> str:
 
 
 def list_api_keys(workspace_id: str) -> list[workspaces.ApiKey]:
-    with transaction() as conn:
+    with read() as conn:
         return workspaces.list_api_keys(conn, workspace_id)
 
 
