@@ -48,6 +48,8 @@ os.environ.update(
     RETL_SECRET_KEY=os.environ.get("RETL_SECRET_KEY", "bench-secret-key"),
     RETL_QUEUE="retl-bench-api",
     RETL_LOG_LEVEL="WARNING",
+    # The source is retl's own bench database as its superuser: never run, only listed.
+    RETL_ALLOW_PRIVILEGED_SOURCES="1",
 )
 
 import psycopg  # noqa: E402

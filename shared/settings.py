@@ -24,8 +24,11 @@ class Settings:
     log_level: str
     queue: str
     duckdb_directories: tuple[str, ...]
-    database_wait_s: float
-    metrics_token: str | None
+    allow_privileged_sources: bool = False
+    duckdb_memory_limit: str = "1GB"
+    duckdb_threads: int = 2
+    database_wait_s: float = 10.0
+    metrics_token: str | None = None
 
     @property
     def control_queue(self) -> str:
@@ -68,6 +71,9 @@ def get_settings() -> Settings:
         duckdb_directories=tuple(
             d for d in os.environ.get("RETL_DUCKDB_DIRECTORIES", "").split(os.pathsep) if d
         ),
+        allow_privileged_sources=os.environ.get("RETL_ALLOW_PRIVILEGED_SOURCES", "") == "1",
+        duckdb_memory_limit=os.environ.get("RETL_DUCKDB_MEMORY_LIMIT") or "1GB",
+        duckdb_threads=int(_float("RETL_DUCKDB_THREADS", 2)),
         database_wait_s=_float("RETL_DATABASE_WAIT_SECONDS", 10),
         metrics_token=os.environ.get("RETL_METRICS_TOKEN") or None,
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 from connectors import registry
 from connectors.destinations.base import Destination, DestinationField, DestinationObject
-from connectors.errors import AuthError, ConnectorError, RetryableError
+from connectors.errors import AuthError, ConnectorError, PrivilegedRoleError, RetryableError
 from connectors.sources.base import Source
 from shared import ids
 from shared.db import read, transaction
@@ -20,8 +20,10 @@ from shared.secrets import decrypt_config, encrypt_config
 from shared.settings import get_settings
 
 KINDS = {"source": ids.SOURCE, "destination": ids.DESTINATION}
-# Options every destination takes to lower its fleet-wide limits, with the values allowed.
+# Options every destination takes to set its fleet-wide limits, with the values allowed.
 FLEET_LIMITS = {"rateLimitPerSecond": (0.01, 100_000), "maxConcurrency": (1, 1_000)}
+# `rateLimit`: {"requests": N, "perSeconds": S}, the allowance as the vendor counts it.
+RATE_WINDOW = {"requests": (1, 1_000_000), "perSeconds": (0.01, 86_400)}
 
 
 @dataclass
@@ -47,7 +49,7 @@ def _connector_class(kind: str, connector: str) -> type[Destination] | type[Sour
 def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     declared = {f.name: f for f in cls.config_fields}
     for name in config:
-        if declared and name not in declared and name not in FLEET_LIMITS:
+        if declared and name not in declared and name not in FLEET_LIMITS and name != "rateLimit":
             raise Invalid(f"unknown option {name!r} for {cls.type}", pointer=f"/config/{name}")
     for field in cls.config_fields:
         if field.required and config.get(field.name) in (None, ""):
@@ -58,6 +60,8 @@ def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise Invalid(f"{name} must be a number from {low:g} to {high:g}", pointer=f"/config/{name}")
+    if config.get("rateLimit") is not None:
+        _check_rate_window(config)
     # The connector's own checks (URL schemes, enums, numbers), made without calling anyone.
     try:
         cls(config).close()
@@ -67,6 +71,22 @@ def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
         raise Invalid(f"{cls.type} refuses this config: an option has a value of the wrong type",
                       pointer="/config") from None
     return config
+
+
+def _check_rate_window(config: dict[str, Any]) -> None:
+    window = config["rateLimit"]
+    if config.get("rateLimitPerSecond") is not None:
+        raise Invalid("give rateLimit or rateLimitPerSecond, not both", pointer="/config/rateLimit")
+    if not isinstance(window, dict) or set(window) != set(RATE_WINDOW):
+        raise Invalid('rateLimit is {"requests": N, "perSeconds": S}', pointer="/config/rateLimit")
+    for name, (low, high) in RATE_WINDOW.items():
+        value = window[name]
+        whole = name != "requests" or isinstance(value, int)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not whole \
+                or not low <= value <= high:
+            kind = "a whole number" if name == "requests" else "a number"
+            raise Invalid(f"rateLimit.{name} must be {kind} from {low:g} to {high:g}",
+                          pointer=f"/config/rateLimit/{name}")
 
 
 def _view(record: repo.Connection) -> ConnectionView:
@@ -81,9 +101,25 @@ def _view(record: repo.Connection) -> ConnectionView:
     )
 
 
+def _refuse_privileged_source(cls: type, config: dict[str, Any]) -> None:
+    """A source whose credentials can do more than read is refused when it is saved, if it can
+    be reached now (one that cannot is checked again by `test` and by every run)."""
+    source = _source(cls, config)
+    try:
+        source.check_least_privilege()
+    except PrivilegedRoleError as exc:
+        raise Invalid(exc.message, pointer="/config/url") from None
+    except ConnectorError:
+        pass
+    finally:
+        source.close()
+
+
 def create(workspace_id: str, kind: str, name: str, connector: str, config: dict[str, Any]) -> ConnectionView:
     cls = _connector_class(kind, connector)
     _check_config(cls, config)
+    if kind == "source":
+        _refuse_privileged_source(cls, config)
     with transaction() as conn:
         record = repo.insert(
             conn, id=ids.new_id(KINDS[kind]), workspace_id=workspace_id, kind=kind, name=name,
@@ -127,6 +163,8 @@ def update(workspace_id: str, kind: str, id: str, changes: dict[str, Any]) -> Co
             merged = {k: v for k, v in merged.items() if v is not None}
             values["config_encrypted"] = encrypt_config(_check_config(cls, merged))
             values["status"] = "untested"
+            if kind == "source":
+                _refuse_privileged_source(cls, merged)
         if values:
             record = repo.update(conn, id, values)
     return _view(record)
@@ -146,12 +184,20 @@ def open_connector(record: repo.Connection) -> Destination | Source:
     cls = _connector_class(record.kind, record.connector)
     config = decrypt_config(record.config_encrypted)
     if record.kind == "source":
-        settings = get_settings()
-        return cls(
-            config, statement_timeout_s=settings.source_statement_timeout_s,
-            allowed_directories=settings.duckdb_directories,
-        )
+        return _source(cls, config)
     return cls(config)
+
+
+def _source(cls: type, config: dict[str, Any]) -> Source:
+    """A source with the operator's limits: the query deadline, DuckDB's folders, memory and
+    threads, and whether privileged roles are allowed."""
+    settings = get_settings()
+    return cls(
+        config, statement_timeout_s=settings.source_statement_timeout_s,
+        allowed_directories=settings.duckdb_directories,
+        allow_privileged=settings.allow_privileged_sources,
+        memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads,
+    )
 
 
 def record_status(id: str, status: str, message: str | None) -> None:

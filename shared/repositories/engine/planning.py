@@ -1,0 +1,399 @@
+"""Planning: staging the source's keys and hashes, the set-based diff against the snapshot,
+rejected rows and the plan's counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import class_row
+
+from shared.repositories.engine.batches import Progress
+from shared.repositories.engine.followers import followers_channel
+
+
+def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
+    """Forget whatever an earlier attempt at this run staged, and start its progress row."""
+    for table in ("run_ops", "run_batches", "run_failures"):
+        conn.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
+    conn.execute(
+        "INSERT INTO run_progress (run_id) VALUES (%s) ON CONFLICT (run_id) DO UPDATE"
+        " SET phase = 'planning', batches_total = NULL, batches_done = 0, abort_error = NULL,"
+        " abort_code = NULL, finished_at = NULL, snapshot_was_empty = false, writer_until = NULL,"
+        " backlog_rung_at = NULL, updated_at = now()",
+        (run_id,),
+    )
+
+
+def create_stage(conn: psycopg.Connection) -> None:
+    """A session-private table for (position, key, hash) of every row the source returned."""
+    conn.execute("DROP TABLE IF EXISTS retl_stage")
+    conn.execute(
+        "CREATE TEMP TABLE retl_stage (seq bigint, record_key text, content_hash text)"
+        " ON COMMIT PRESERVE ROWS"
+    )
+
+
+def copy_into_stage(
+    conn: psycopg.Connection, chunks: Iterable[list[tuple[str | None, str]]], on_chunk=None
+) -> int:
+    """COPY the (key, hash) chunks into the stage in arrival order; the number of rows."""
+    seq = 0
+    with conn.cursor() as cur:
+        with cur.copy("COPY retl_stage (seq, record_key, content_hash) FROM STDIN") as copy:
+            for chunk in chunks:
+                for key, content_hash in chunk:
+                    seq += 1
+                    copy.write_row((seq, key, content_hash))
+                if on_chunk is not None:
+                    on_chunk(seq)
+    return seq
+
+
+def restrict_stage_to_keys(conn: psycopg.Connection, keys: list[str]) -> None:
+    """A replay: keep only the rows of the records asked for."""
+    conn.execute(
+        "DELETE FROM retl_stage WHERE record_key IS NULL OR NOT (record_key = ANY(%s::text[]))",
+        (keys,),
+    )
+
+
+@dataclass
+class Rejected:
+    record_key: str
+    error_code: str
+    rows: int
+
+
+def stage_rejects(conn: psycopg.Connection, run_id: str) -> list[Rejected]:
+    """Rows with a null key (one failure, key '') and every later occurrence of a duplicate key
+    become failures of the run; the rows that stay are the first occurrence of each key."""
+    conn.execute("ANALYZE retl_stage")
+    conn.execute(
+        "CREATE TEMP TABLE retl_dups ON COMMIT DROP AS"
+        " SELECT record_key, min(seq) AS first_seq, count(*) - 1 AS extra FROM retl_stage"
+        " WHERE record_key IS NOT NULL GROUP BY record_key HAVING count(*) > 1"
+    )
+    conn.execute(
+        "DELETE FROM retl_stage s USING retl_dups d"
+        " WHERE s.record_key = d.record_key AND s.seq <> d.first_seq"
+    )
+    nulls = conn.execute("DELETE FROM retl_stage WHERE record_key IS NULL").rowcount
+    conn.execute(
+        "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
+        " SELECT %s, record_key, record_key, 'DUPLICATE_KEY',"
+        "  'the key ' || record_key || ' appears ' || (extra + 1)"
+        "  || ' times in the result; the first row was used', extra FROM retl_dups",
+        (run_id,),
+    )
+    if nulls:
+        conn.execute(
+            "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
+            " VALUES (%s, '', NULL, 'NULL_KEY', %s, %s)",
+            (run_id, f"{nulls} row(s) of the result have a null key and were not sent", nulls),
+        )
+    rows = conn.execute(
+        "SELECT record_key, error_code, rows FROM run_failures WHERE run_id = %s", (run_id,)
+    ).fetchall()
+    return [Rejected(*row) for row in rows]
+
+
+@dataclass
+class DiffCounts:
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    outgoing: int = 0  # operations planned, deletes included
+    deletes: int = 0
+
+
+def diff_into_ops(
+    conn: psycopg.Connection, *, run_id: str, sync_id: str, fingerprint: str, mode: str,
+    resend_all: bool, detect_removed: bool, salted: bool,
+) -> DiffCounts:
+    """Classify the staged rows against the snapshot and stage the operations the mode sends.
+
+    The snapshot holds the content hash salted with the mapping fingerprint, so a changed
+    mapping makes every record `changed`; `salted` says the source salted the staged hashes
+    itself, otherwise it happens here. `resend_all` (full refresh, replay) sends unchanged
+    records too."""
+    operation = {"mirror": "upsert", "upsert": "upsert", "insert": "insert",
+                 "update": "update", "delete": "delete"}[mode]
+    # Classify without materialising the join: one pass counts every class, a second stages
+    # only the records that go out. The hash join of a large sync needs memory, not disk.
+    conn.execute("SET LOCAL work_mem = '256MB'")
+    content = "s.content_hash" if salted else "md5(s.content_hash || %(fp)s)"
+    change = (
+        "CASE WHEN p.record_key IS NULL THEN 'added'"
+        f" WHEN p.content_hash = {content} THEN 'unchanged'"
+        " ELSE 'changed' END"
+    )
+    joined = (
+        " FROM retl_stage s LEFT JOIN sync_snapshots p"
+        " ON p.sync_id = %(sync)s AND p.record_key = s.record_key"
+    )
+    params = {"fp": fingerprint, "sync": sync_id, "run": run_id, "op": operation}
+    added, unchanged, total = conn.execute(
+        "SELECT count(*) FILTER (WHERE p.record_key IS NULL),"
+        f" count(*) FILTER (WHERE p.content_hash = {content}),"
+        f" count(*){joined}",
+        params,
+    ).fetchone()
+    counts = DiffCounts(added=added, unchanged=unchanged, changed=total - added - unchanged)
+    if resend_all:
+        sends = "true"
+    elif mode == "insert":
+        sends = "p.record_key IS NULL"
+    else:
+        sends = f"p.content_hash IS DISTINCT FROM {content}"
+    counts.outgoing = conn.execute(
+        "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
+        f" SELECT %(run)s, s.record_key, %(op)s, {change}, {content}"
+        f"{joined} WHERE {sends}",
+        params,
+    ).rowcount
+    if detect_removed:
+        counts.removed = counts.deletes = conn.execute(
+            "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
+            " SELECT %s, p.record_key, 'delete', 'removed', NULL FROM sync_snapshots p"
+            " WHERE p.sync_id = %s AND NOT EXISTS"
+            "  (SELECT 1 FROM retl_stage s WHERE s.record_key = p.record_key)",
+            (run_id, sync_id),
+        ).rowcount
+        counts.outgoing += counts.deletes
+    elif mode == "delete":
+        counts.deletes = counts.outgoing
+    return counts
+
+
+def snapshot_is_empty(conn: psycopg.Connection, sync_id: str) -> bool:
+    """No record of the sync was ever accepted: every row of its result is new."""
+    row = conn.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM sync_snapshots WHERE sync_id = %s)", (sync_id,)
+    ).fetchone()
+    return bool(row[0])
+
+
+def snapshot_holds_md5(conn: psycopg.Connection, sync_id: str) -> bool:
+    """Whether the sync's snapshot holds md5 hashes (32 hex characters), as every snapshot
+    written before sources hashed typed values does (one row, by the primary key, decides)."""
+    row = conn.execute(
+        "SELECT length(content_hash) = 32 FROM sync_snapshots WHERE sync_id = %s"
+        " ORDER BY record_key LIMIT 1", (sync_id,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def mark_snapshot_empty(conn: psycopg.Connection, run_id: str) -> None:
+    """The sync's snapshot was empty when this run was planned: its one-pass batches hold
+    records the snapshot has never seen (see `accept_batch`)."""
+    conn.execute(
+        "UPDATE run_progress SET snapshot_was_empty = true WHERE run_id = %s", (run_id,)
+    )
+
+
+def create_seen(conn: psycopg.Connection) -> None:
+    """A session-private table of the keys a one-pass read has staged (first occurrences)."""
+    conn.execute("DROP TABLE IF EXISTS retl_seen")
+    conn.execute(
+        "CREATE TEMP TABLE retl_seen (record_key text PRIMARY KEY, content_hash text)"
+        " ON COMMIT PRESERVE ROWS"
+    )
+
+
+@dataclass
+class StagedRows:
+    added: int
+    changed: int
+    unchanged: int
+    batch_stored: bool
+    # Keys staged by this call, in order, when some of the keys given were staged already
+    # (duplicates); None when every key was new.
+    staged_keys: list[str] | None
+
+
+def stage_rows_and_batch(
+    conn: psycopg.Connection, *, run_id: str, sync_id: str, operation: str, keys: list[str],
+    hashes: list[str], batch_no: int | None, batch_keys: list[str] | None,
+    batch_hashes: list[str] | None, payload: bytes | None, keys_unseen: bool = False,
+    snapshot_empty: bool = False,
+) -> StagedRows:
+    """One pass over the source, for rows that all go out: mark their keys seen (`create_seen`,
+    same session), classify them against the snapshot and store their batch with its content
+    hashes (salted), in one statement.
+
+    The first occurrence of a key wins (ON CONFLICT DO NOTHING, in the order given); when a key
+    was seen before, the batch is not stored and the caller gets the keys that were staged,
+    to drop the later occurrences and store the batch itself. `batch_keys` and `batch_hashes`
+    None: the batch holds every row given (the usual case; the arrays are sent once).
+
+    It relaxes its transaction (`relax`) itself: one round trip fewer per batch.
+
+    `keys_unseen`: the caller expects none of the keys to be seen yet (no duplicates so far),
+    so they are inserted without the conflict check, which costs about a third of the
+    statement; a key seen after all raises UniqueViolation, and the caller rolls back and
+    stages the rows again without it.
+
+    `snapshot_empty`: the sync's snapshot was empty when this planning began (a first run), so
+    every key staged first is added and the snapshot is not looked up — about half of the
+    statement's work. It holds for the whole run: the snapshot gains only keys of this run's
+    batches, each of which the seen keys let through once."""
+    if snapshot_empty:
+        counts = " SELECT (SELECT count(*) FROM fresh), 0, 0,"
+    else:
+        counts = (
+            ", classified AS ("
+            " SELECT CASE WHEN p.record_key IS NULL THEN 'added'"
+            "  WHEN p.content_hash = f.content_hash THEN 'unchanged' ELSE 'changed' END AS change"
+            " FROM fresh f LEFT JOIN sync_snapshots p"
+            "  ON p.sync_id = %(sync)s AND p.record_key = f.record_key)"
+            " SELECT (SELECT count(*) FILTER (WHERE change = 'added') FROM classified),"
+            " (SELECT count(*) FILTER (WHERE change = 'changed') FROM classified),"
+            " (SELECT count(*) FILTER (WHERE change = 'unchanged') FROM classified),"
+        )
+    row = conn.execute(
+        "WITH fresh AS ("
+        " INSERT INTO retl_seen (record_key, content_hash)"
+        " SELECT u.k, u.h FROM unnest(%(keys)b::text[], %(hashes)b::text[])"
+        "  WITH ORDINALITY AS u(k, h, n)"
+        " ORDER BY u.n" + ("" if keys_unseen else " ON CONFLICT (record_key) DO NOTHING")
+        + " RETURNING record_key, content_hash),"
+        " stored AS ("
+        " INSERT INTO run_batches (run_id, batch_no, operation, record_keys, content_hashes,"
+        "  payload)"
+        " SELECT %(run)s, %(batch)s, %(op)s, coalesce(%(bkeys)b, %(keys)b),"
+        "  coalesce(%(bhashes)b, %(hashes)b), %(payload)b"
+        " WHERE %(store)s AND (SELECT count(*) FROM fresh) = %(n)s RETURNING 1)"
+        + counts
+        + " (SELECT count(*) FROM stored) > 0,"
+        " (SELECT CASE WHEN count(*) < %(n)s THEN array_agg(record_key) END FROM fresh),"
+        " set_config('synchronous_commit', 'off', true)",
+        {"run": run_id, "sync": sync_id, "op": operation, "keys": keys, "hashes": hashes,
+         "batch": batch_no, "bkeys": batch_keys, "bhashes": batch_hashes,
+         "payload": payload, "store": batch_no is not None, "n": len(keys)},
+    ).fetchone()
+    return StagedRows(row[0], row[1], row[2], row[3], row[4])
+
+
+def stage_removed(conn: psycopg.Connection, run_id: str, sync_id: str) -> int:
+    """Mirror after a one-pass read (same session as `create_seen`): what the snapshot holds
+    and the result no longer does is staged as a removal; the number staged."""
+    return conn.execute(
+        "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
+        " SELECT %s, p.record_key, 'delete', 'removed', NULL FROM sync_snapshots p"
+        " WHERE p.sync_id = %s AND NOT EXISTS"
+        "  (SELECT 1 FROM retl_seen s WHERE s.record_key = p.record_key)",
+        (run_id, sync_id),
+    ).rowcount
+
+
+def add_rejects(
+    conn: psycopg.Connection, run_id: str, *, duplicates: dict[str, int], null_keys: int
+) -> None:
+    """Failures for the later occurrences of duplicate keys (key -> extra rows) and for rows
+    with a null key (one failure, key ''), worded as `stage_rejects` words them."""
+    if duplicates:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
+                " VALUES (%s, %s, %s, 'DUPLICATE_KEY', %s, %s) ON CONFLICT (run_id, record_key)"
+                " DO UPDATE SET error_code = 'DUPLICATE_KEY', message = EXCLUDED.message,"
+                " rows = EXCLUDED.rows",
+                [
+                    (run_id, key, key, f"the key {key} appears {extra + 1} times in the result;"
+                     " the first row was used", extra)
+                    for key, extra in duplicates.items()
+                ],
+            )
+    if null_keys:
+        conn.execute(
+            "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
+            " VALUES (%s, '', NULL, 'NULL_KEY', %s, %s) ON CONFLICT (run_id, record_key)"
+            " DO UPDATE SET message = EXCLUDED.message, rows = EXCLUDED.rows",
+            (run_id, f"{null_keys} row(s) of the result have a null key and were not sent",
+             null_keys),
+        )
+
+
+def outgoing_keys(conn: psycopg.Connection, run_id: str) -> list[str]:
+    """Keys of the records whose content must be read again to be sent (not the removals)."""
+    rows = conn.execute(
+        "SELECT record_key FROM run_ops WHERE run_id = %s AND change <> 'removed'", (run_id,)
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def removed_keys(conn: psycopg.Connection, run_id: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT record_key FROM run_ops WHERE run_id = %s AND change = 'removed'"
+        " ORDER BY record_key",
+        (run_id,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def set_plan_counts(
+    conn: psycopg.Connection, run_id: str, *, read: int, counts: DiffCounts, failed: int
+) -> None:
+    conn.execute(
+        "UPDATE runs SET rows_read = %s, rows_added = %s, rows_changed = %s,"
+        " rows_unchanged = %s, rows_removed = %s, rows_failed = rows_failed + %s,"
+        " updated_at = now() WHERE id = %s",
+        (read, counts.added, counts.changed, counts.unchanged, counts.removed, failed, run_id),
+    )
+
+
+def set_removed(conn: psycopg.Connection, run_id: str, removed: int) -> None:
+    conn.execute(
+        "UPDATE runs SET rows_removed = %s, updated_at = now() WHERE id = %s", (removed, run_id)
+    )
+
+
+def set_rows_read(conn: psycopg.Connection, run_id: str, read: int) -> None:
+    conn.execute("UPDATE runs SET rows_read = %s, updated_at = now() WHERE id = %s", (read, run_id))
+
+
+@dataclass
+class Failure:
+    record_key: str
+    key_value: str | None
+    error_code: str
+    message: str
+
+
+def add_failures(conn: psycopg.Connection, run_id: str, failures: list[Failure]) -> None:
+    """Record refused records; a record refused twice in a run keeps its latest reason."""
+    if not failures:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, record_key) DO UPDATE"
+            " SET error_code = EXCLUDED.error_code, message = EXCLUDED.message",
+            [(run_id, f.record_key, f.key_value, f.error_code, f.message) for f in failures],
+        )
+
+
+def add_counts(conn: psycopg.Connection, run_id: str, *, written: int = 0, failed: int = 0) -> None:
+    if written or failed:
+        conn.execute(
+            "UPDATE runs SET rows_written = rows_written + %s, rows_failed = rows_failed + %s,"
+            " updated_at = now() WHERE id = %s",
+            (written, failed, run_id),
+        )
+
+
+def planning_done(conn: psycopg.Connection, run_id: str, batches_total: int) -> Progress:
+    """Every batch is stored: the run's phase moves on, and its followers are woken to take what
+    is left to them and stop."""
+    conn.execute("SELECT pg_notify(%s, '')", (followers_channel(run_id),))
+    with conn.cursor(row_factory=class_row(Progress)) as cur:
+        cur.execute(
+            "UPDATE run_progress SET phase = 'writing', batches_total = %s, updated_at = now()"
+            " WHERE run_id = %s"
+            " RETURNING phase, batches_total, batches_done, abort_error, abort_code",
+            (batches_total, run_id),
+        )
+        return cur.fetchone()
