@@ -313,6 +313,7 @@ def main() -> None:
               app_factory=lambda: minimal_app(args.serve_minimal))
         return
 
+    load_before = os.getloadavg()[0]
     key, sync_ids = prepare()
     use_wrk = shutil.which("wrk") is not None and not args.python
     if not use_wrk:
@@ -354,9 +355,9 @@ def main() -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{STATE_DB}" WITH (FORCE)')
 
     print(f"gunicorn, {args.workers} workers × {args.threads} threads; {args.seconds} s per line;"
-          f" {os.cpu_count()} cores")
-    print(f"{'case':<44}| {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | tool")
-    print("-" * 44 + "+" + "-" * 10 + "+" + "-" * 9 + "+" + "-" * 9 + "+" + "-" * 8 + "+" + "-" * 20)
+          f" {os.cpu_count()} cores; load average before the run {load_before:.1f}")
+    print(f"{'case':<54}| {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | tool")
+    print("-" * 54 + "+" + "-" * 10 + "+" + "-" * 9 + "+" + "-" * 9 + "+" + "-" * 8 + "+" + "-" * 20)
     labels = {
         "list": f"GET /syncs (20 syncs), {args.connections} connections",
         "mixed": f"mixed list/get/trigger at {args.rate} req/s",
@@ -364,7 +365,7 @@ def main() -> None:
     for case in ("list", "mixed"):
         for name in ("minimal", "retl"):
             result = results[(name, case)]
-            print(f"{name + ': ' + labels[case]:<44}| {result.rate:>8.0f} | {result.percentile(50):>7.1f} |"
+            print(f"{name + ': ' + labels[case]:<54}| {result.rate:>8.0f} | {result.percentile(50):>7.1f} |"
                   f" {result.percentile(99):>7.1f} | {result.errors:>6} | {result.tool}")
     ratio = results[("retl", "list")].rate / results[("minimal", "list")].rate
     mixed = results[("retl", "mixed")]
