@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -22,6 +23,7 @@ from tests.fakes.http_sink import FakeHttpSink
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 30
+SERVER_PIDS: dict[str, int] = {}  # base URL → the `retl api` process (gunicorn's master)
 
 
 def _free_port() -> int:
@@ -41,6 +43,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
+    SERVER_PIDS[base] = process.pid
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -149,6 +152,7 @@ def test_a_huge_body_is_refused_before_it_is_read(server):
 
 def test_several_processes_answer(server, api_key):
     base, _ = server
+    assert len(psutil.Process(SERVER_PIDS[base]).children()) == 2  # gunicorn's two workers
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {api_key}"
     with ThreadPoolExecutor(8) as pool:
