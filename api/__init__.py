@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any
@@ -31,7 +32,8 @@ class VersionPrefix:
 class BodyLimit:
     """Refuse a body whose declared length is over MAX_BODY_BYTES before anything reads it, the
     key check included, and close the connection rather than drain it. A chunked body (no
-    length) is bounded where it is read: Flask's MAX_CONTENT_LENGTH stops at the limit."""
+    length) is read here up to one byte past the limit: over it, the same 413; within it, the
+    app gets it with its length, as if it had been declared."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -41,6 +43,11 @@ class BodyLimit:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0  # the server answers 400 to a malformed length before the app sees it
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and not length:
+            body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+            length = len(body)
+            environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(length)})
+            environ.pop("HTTP_TRANSFER_ENCODING")
         if length <= MAX_BODY_BYTES:
             return self.app(environ, start_response)
         error = {

@@ -158,3 +158,24 @@ def test_several_processes_answer(server, api_key):
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda _: session.get(f"{base}{API}/syncs", timeout=20).status_code, range(40)))
     assert statuses == [200] * 40
+
+
+def test_a_chunked_body_is_bounded_where_it_is_read(server, api_key):
+    base, _ = server
+
+    def chunks():
+        for _ in range(6):
+            yield b" " * (1024 * 1024)
+
+    response = requests.post(
+        f"{base}{API}/syncs", data=chunks(), timeout=60,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 413, response.text[:300]
+    assert response.json()["errors"][0]["status"] == "413"
+    small = requests.post(
+        f"{base}{API}/api-keys", data=iter([b"{", b"}"]), timeout=60,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
+    assert small.status_code == 201, small.text[:300]
