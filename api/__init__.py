@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from typing import Any
 
@@ -28,6 +30,39 @@ class VersionPrefix:
         return self.app(environ, start_response)
 
 
+class BodyLimit:
+    """Refuse a body whose declared length is over MAX_BODY_BYTES before anything reads it, the
+    key check included, and close the connection rather than drain it. A chunked body (no
+    length) is read here up to one byte past the limit: over it, the same 413; within it, the
+    app gets it with its length, as if it had been declared."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0  # the server answers 400 to a malformed length before the app sees it
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and not length:
+            body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+            length = len(body)
+            environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(length)})
+            environ.pop("HTTP_TRANSFER_ENCODING")
+        if length <= MAX_BODY_BYTES:
+            return self.app(environ, start_response)
+        error = {
+            "status": "413", "code": "request_entity_too_large", "title": "Request too large",
+            "detail": f"the body is over the limit of {MAX_BODY_BYTES} bytes",
+        }
+        payload = json.dumps({"errors": [error]}).encode()
+        start_response("413 Request Entity Too Large", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+            ("Connection", "close"),
+        ])
+        return [payload]
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     install_redaction()
     app = Flask(__name__)
@@ -42,6 +77,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     errors.register(app)
     metrics.instrument(app)
-    app.wsgi_app = VersionPrefix(app.wsgi_app)
+    app.wsgi_app = BodyLimit(VersionPrefix(app.wsgi_app))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -77,7 +78,23 @@ def register(app: Flask) -> None:
     def _http(exc: HTTPException):
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        return _respond([error_object(status, code, exc.description or exc.name)], status)
+        response, _ = _respond([error_object(status, code, exc.description or exc.name)], status)
+        for name, value in exc.get_headers():  # e.g. the Allow of a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
+
+    @app.errorhandler(psycopg.OperationalError)
+    def _database_away(exc: psycopg.OperationalError):
+        # The pool's connections were cut or Postgres cannot be reached (a checkout that waited
+        # RETL_DATABASE_WAIT_SECONDS, PoolTimeout, is one too). Broken connections are discarded
+        # and new ones opened when Postgres answers again: the next requests recover by themselves.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        response, status = _respond(
+            [error_object(503, "database_unavailable", "the database cannot be reached; try again shortly")], 503
+        )
+        response.headers["Retry-After"] = "5"
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

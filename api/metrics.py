@@ -1,7 +1,11 @@
-"""Prometheus metrics of the API process, plus run and DLQ gauges read from Postgres at scrape."""
+"""Prometheus metrics of the API process, plus run and DLQ gauges read from Postgres at scrape.
+
+Served only with RETL_METRICS_TOKEN set, to a scraper sending it as a bearer token. No label
+carries a workspace's id or name: the numbers are the whole service's."""
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from flask import Flask, g, request
@@ -9,8 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from shared.db import transaction
+from shared.errors import NotFound, Unauthorized
 from shared.repositories import dlq as dlq_repo
 from shared.repositories import runs as run_repo
+from shared.settings import get_settings
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter(
@@ -43,6 +49,16 @@ class StateCollector:
 
 
 REGISTRY.register(StateCollector())
+
+
+def require_scrape_token(authorization: str | None) -> None:
+    """404 while metrics are off (no RETL_METRICS_TOKEN), 401 unless the bearer token is it."""
+    token = get_settings().metrics_token
+    if token is None:
+        raise NotFound("metrics are off: set RETL_METRICS_TOKEN and scrape with it as a bearer token")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("send Authorization: Bearer <RETL_METRICS_TOKEN>")
 
 
 def instrument(app: Flask) -> None:

@@ -122,17 +122,18 @@ def api_key_create(workspace: str) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int)
-def api(host: str, port: int, threads: int) -> None:
-    """Serve the REST API."""
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Server processes (gunicorn). Default: the number of cores.")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Threads per process.")
+def api(host: str, port: int, workers: int | None, threads: int) -> None:
+    """Serve the REST API (gunicorn on POSIX, waitress elsewhere)."""
     _require_servers()
-    from waitress import serve
-
-    from api import create_app
+    from api.serve import default_workers, serve
     from shared.logs import configure
 
     configure("api")
-    serve(create_app(), host=host, port=port, threads=threads, ident="retl")
+    serve(host, port, workers or default_workers(), threads)
 
 
 @cli.command()
@@ -242,7 +243,9 @@ def _wait_until_serving(api_url: str, children: dict[str, subprocess.Popen]) -> 
 @click.option("--concurrency", default=2, show_default=True, type=int, help="Worker processes.")
 @click.option("--demo", is_flag=True,
               help="Also set up the demo: a DuckDB warehouse, a Postgres CRM, two syncs.")
-def up(host: str, port: int, concurrency: int, demo: bool) -> None:
+@click.option("--api-workers", default=None, type=click.IntRange(min=1),
+              help="API server processes. Default: the number of cores.")
+def up(host: str, port: int, concurrency: int, demo: bool, api_workers: int | None) -> None:
     """The whole service on this machine: migrations, API, a worker and beat."""
     from cli import demo as demo_setup
     from cli import embedded
@@ -302,7 +305,8 @@ def up(host: str, port: int, concurrency: int, demo: bool) -> None:
 
         retl = [sys.executable, "-m", "cli"]
         for name, args in (
-            ("api", ["api", "--host", host, "--port", str(port)]),
+            ("api", ["api", "--host", host, "--port", str(port),
+                     *(["--workers", str(api_workers)] if api_workers else [])]),
             ("worker", ["worker", "--concurrency", str(concurrency)]),
             ("beat", ["beat"]),
         ):

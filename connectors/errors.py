@@ -25,8 +25,10 @@ class RetryableError(ConnectorError):
     """A passing failure of the whole call: 429, 5xx, connection error, timeout.
 
     `retry_after` is the server's `Retry-After` in seconds when it sent one.
-    `code` is `RATE_LIMIT` for rate limits and `TIMEOUT` or `UNKNOWN` otherwise, so that a batch
-    that exhausts its retries lands in the DLQ with a meaningful code.
+    `code` is `RATE_LIMIT` for rate limits, `CONNECTION` when the destination could not be
+    reached (connection refused or reset, name not resolved), `TIMEOUT` when it did not answer in
+    time, `UNKNOWN` otherwise (a 5xx), so that a batch that exhausts its retries lands in the DLQ
+    with a meaningful code.
     """
 
     def __init__(self, message: str, *, retry_after: float | None = None, code: str = "UNKNOWN"):

@@ -36,6 +36,8 @@ class Settings:
     allow_privileged_sources: bool = False
     duckdb_memory_limit: str = "1GB"
     duckdb_threads: int = 2
+    database_wait_s: float = 10.0
+    metrics_token: str | None = None
 
     @property
     def control_queue(self) -> str:
@@ -88,4 +90,6 @@ def get_settings() -> Settings:
         allow_privileged_sources=os.environ.get("RETL_ALLOW_PRIVILEGED_SOURCES", "") == "1",
         duckdb_memory_limit=os.environ.get("RETL_DUCKDB_MEMORY_LIMIT") or "1GB",
         duckdb_threads=int(_float("RETL_DUCKDB_THREADS", 2)),
+        database_wait_s=_float("RETL_DATABASE_WAIT_SECONDS", 10),
+        metrics_token=os.environ.get("RETL_METRICS_TOKEN") or None,
     )

@@ -1,12 +1,13 @@
-"""Operations: liveness, readiness, Prometheus metrics and the OpenAPI document (no key needed)."""
+"""Operations: liveness, readiness, Prometheus metrics (with RETL_METRICS_TOKEN) and the OpenAPI
+document; no API key needed."""
 
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.metrics import REGISTRY
+from api.metrics import REGISTRY, require_scrape_token
 from api.openapi import openapi_document
 from shared.db import transaction
 from shared.settings import get_settings
@@ -41,6 +42,7 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
+    require_scrape_token(request.headers.get("Authorization"))
     return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -164,7 +164,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
             try:
                 response = self.session.post(self.token_url, data=form, timeout=self.timeout)
             except requests.RequestException as exc:
-                raise RetryableError(egress.unreachable(self.token_url, exc)) from None
+                raise RetryableError(egress.unreachable(self.token_url, exc), code="CONNECTION") from None
             try:
                 document = response.json()
             except ValueError:
@@ -209,7 +209,7 @@ class GoogleAdsCustomerMatchDestination(Destination):
             except requests.Timeout as exc:
                 raise RetryableError(egress.unreachable(self.base_url, exc), code="TIMEOUT") from None
             except requests.RequestException as exc:
-                raise RetryableError(egress.unreachable(self.base_url, exc)) from None
+                raise RetryableError(egress.unreachable(self.base_url, exc), code="CONNECTION") from None
             if response.status_code == 401 and attempt == 1:
                 with self._token_lock:
                     self._token = None

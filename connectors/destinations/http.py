@@ -283,7 +283,7 @@ class HttpDestination(Destination):
         except requests.Timeout as exc:
             raise RetryableError(egress.unreachable(self.url, exc), code="TIMEOUT") from None
         except requests.RequestException as exc:
-            raise RetryableError(egress.unreachable(self.url, exc)) from None
+            raise RetryableError(egress.unreachable(self.url, exc), code="CONNECTION") from None
         return self._results(response, len(records))
 
     def _results(self, response: requests.Response, count: int) -> list[RecordResult]:

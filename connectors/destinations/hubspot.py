@@ -561,7 +561,7 @@ class HubSpotDestination(Destination):
                 egress.unreachable(self._base_url, exc), code="TIMEOUT"
             ) from None
         except requests.ConnectionError as exc:
-            raise RetryableError(egress.unreachable(self._base_url, exc)) from None
+            raise RetryableError(egress.unreachable(self._base_url, exc), code="CONNECTION") from None
         except requests.RequestException as exc:
             raise ConnectorError(egress.unreachable(self._base_url, exc)) from None
         self._note_rate_limits(response.headers)

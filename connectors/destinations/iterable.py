@@ -267,7 +267,7 @@ class IterableDestination(Destination):
         except requests.Timeout as exc:
             raise RetryableError(egress.unreachable(self.base_url, exc), code="TIMEOUT") from None
         except requests.RequestException as exc:
-            raise RetryableError(egress.unreachable(self.base_url, exc)) from None
+            raise RetryableError(egress.unreachable(self.base_url, exc), code="CONNECTION") from None
         status = response.status_code
         if status in (401, 403):
             raise AuthError(

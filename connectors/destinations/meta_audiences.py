@@ -112,7 +112,7 @@ class MetaAudiencesDestination(Destination):
         except requests.Timeout as exc:
             raise RetryableError(egress.unreachable(url, exc), code="TIMEOUT") from None
         except requests.RequestException as exc:
-            raise RetryableError(egress.unreachable(url, exc)) from None
+            raise RetryableError(egress.unreachable(url, exc), code="CONNECTION") from None
         try:
             document = response.json()
         except ValueError:

@@ -170,7 +170,7 @@ class PostgresDestination(Destination):
                 f"Postgres refused the login: {text.strip()}; fix the user and password in url"
             )
         log.info("cannot connect to a Postgres destination: %s", text.strip())
-        return RetryableError("cannot reach the Postgres server")
+        return RetryableError("cannot reach the Postgres server", code="CONNECTION")
 
     def close(self) -> None:
         with self._lock:

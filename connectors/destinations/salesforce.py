@@ -458,7 +458,7 @@ class SalesforceDestination(Destination):
                     egress.unreachable(self.login_url, exc), code="TIMEOUT"
                 ) from None
             except requests.RequestException as exc:
-                raise RetryableError(egress.unreachable(self.login_url, exc)) from None
+                raise RetryableError(egress.unreachable(self.login_url, exc), code="CONNECTION") from None
             text = excerpt(response.text, MAX_ERROR_TEXT)
             if response.status_code == 429 or response.status_code >= 500:
                 raise RetryableError(
@@ -525,7 +525,7 @@ class SalesforceDestination(Destination):
                     egress.unreachable(self._instance_url, exc), code="TIMEOUT"
                 ) from None
             except requests.RequestException as exc:
-                raise RetryableError(egress.unreachable(self._instance_url, exc)) from None
+                raise RetryableError(egress.unreachable(self._instance_url, exc), code="CONNECTION") from None
             self._note_api_usage(response)
             if response.status_code == 401 and attempt == 0 and self.can_refresh:
                 self._refresh_access_token(stale_token=token)

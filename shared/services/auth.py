@@ -6,7 +6,9 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from shared.db import transaction
+import psycopg
+
+from shared.db import read, transaction
 from shared.errors import NotFound, Unauthorized
 from shared.repositories import workspaces
 
@@ -45,21 +47,27 @@ def create_api_key_in(workspace_id: str) -> IssuedKey:
         return _issue(conn, workspaces.get_workspace(conn, workspace_id))
 
 
-def workspace_for_bearer(authorization: str | None) -> str:
-    """The workspace id an `Authorization: Bearer <key>` header authenticates."""
+def key_hash_of_bearer(authorization: str | None) -> str:
+    """The hash of the key an `Authorization: Bearer <key>` header carries; 401 when the header
+    cannot hold a key (checked before any database work)."""
     scheme, _, key = (authorization or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or len(key) > 200:
         raise Unauthorized("send Authorization: Bearer <API key>")
-    with transaction() as conn:
-        workspace_id = workspaces.workspace_for_key_hash(conn, hash_key(key))
+    return hash_key(key)
+
+
+def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> str:
+    """The workspace a live key authenticates, looked up on `conn` (the API's request connection,
+    which the request's work then uses)."""
+    workspace_id = workspaces.workspace_for_key_hash(conn, key_hash)
     if workspace_id is None:
         raise Unauthorized("unknown or revoked API key")
     return workspace_id
 
 
 def list_api_keys(workspace_id: str) -> list[workspaces.ApiKey]:
-    with transaction() as conn:
+    with read() as conn:
         return workspaces.list_api_keys(conn, workspace_id)
 
 

@@ -19,7 +19,7 @@ from connectors.egress import EgressRefused
 from connectors.errors import AuthError, ConnectorError, PrivilegedRoleError, RetryableError
 from connectors.sources.base import Source
 from shared import ids
-from shared.db import transaction
+from shared.db import read, transaction
 from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.pagination import Page, decode_cursor, page_of
 from shared.repositories import connections as repo
@@ -220,7 +220,7 @@ def _get(conn: Any, workspace_id: str, kind: str, id: str) -> repo.Connection:
 
 
 def get(workspace_id: str, kind: str, id: str) -> ConnectionView:
-    with transaction() as conn:
+    with read() as conn:
         return _view(_get(conn, workspace_id, kind, id))
 
 
@@ -228,7 +228,7 @@ def list_page(
     workspace_id: str, kind: str, *, connector: str | None, cursor: str | None, limit: int
 ) -> Page[ConnectionView]:
     after = decode_cursor(cursor)
-    with transaction() as conn:
+    with read() as conn:
         rows = repo.list_page(conn, workspace_id, kind, connector=connector, after=after, limit=limit + 1)
     page = page_of(rows, limit)
     return Page([_view(r) for r in page.items], page.limit, page.next_cursor)

@@ -6,7 +6,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
-from shared.db import transaction
+from shared.db import read, transaction
 from shared.errors import NotFound
 from shared.pagination import Page, decode_cursor, page_of
 from shared.repositories import dlq, syncs
@@ -17,7 +17,7 @@ def list_page(
     workspace_id: str, *, sync_id: str | None, resolved: bool, cursor: str | None, limit: int
 ) -> Page[dlq.DlqEntry]:
     after = decode_cursor(cursor)
-    with transaction() as conn:
+    with read() as conn:
         rows = dlq.list_page(conn, workspace_id, sync_id=sync_id, resolved=resolved, after=after, limit=limit + 1)
     return page_of(rows, limit)
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import psycopg
 
-from shared.db import transaction
+from shared.db import read, transaction
 from shared.errors import Conflict, NotFound
 from shared.pagination import Page, decode_cursor, page_of
 from shared.queue import enqueue_run
@@ -51,7 +51,7 @@ def trigger(workspace_id: str, sync_ids: list[str], *, full_refresh: bool) -> li
 
 
 def get(workspace_id: str, run_id: str) -> runs.Run:
-    with transaction() as conn:
+    with read() as conn:
         run = runs.get(conn, workspace_id, run_id)
     if run is None:
         raise NotFound(f"no run {run_id}")
@@ -62,7 +62,7 @@ def list_page(
     workspace_id: str, *, sync_id: str | None, status: str | None, cursor: str | None, limit: int
 ) -> Page[runs.Run]:
     after = decode_cursor(cursor)
-    with transaction() as conn:
+    with read() as conn:
         rows = runs.list_page(conn, workspace_id, sync_id=sync_id, status=status, after=after, limit=limit + 1)
     return page_of(rows, limit)
 

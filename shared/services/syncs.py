@@ -7,7 +7,7 @@ from typing import Any
 
 from connectors import registry
 from shared import ids, schedules
-from shared.db import transaction
+from shared.db import read, transaction
 from shared.errors import Conflict, Invalid, NotFound
 from shared.pagination import Page, decode_cursor, page_of
 from shared.repositories import connections, dlq, runs, syncs
@@ -121,7 +121,7 @@ def create(workspace_id: str, body: dict[str, Any]) -> syncs.Sync:
 
 
 def get(workspace_id: str, sync_id: str) -> syncs.Sync:
-    with transaction() as conn:
+    with read() as conn:
         sync = syncs.get(conn, workspace_id, sync_id)
     if sync is None:
         raise NotFound(f"no sync {sync_id}")
@@ -132,7 +132,7 @@ def list_page(
     workspace_id: str, *, destination_id: str | None, enabled: bool | None, cursor: str | None, limit: int
 ) -> Page[syncs.Sync]:
     after = decode_cursor(cursor)
-    with transaction() as conn:
+    with read() as conn:
         rows = syncs.list_page(
             conn, workspace_id, destination_id=destination_id, enabled=enabled, after=after, limit=limit + 1
         )

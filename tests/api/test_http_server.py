@@ -1,5 +1,6 @@
-"""The API through a real HTTP server process (waitress), driven with `requests`: the create
-sync → trigger → list runs flow, auth, the /v1 alias, refused bodies, and clean logs."""
+"""The API through a real HTTP server (`retl api`: gunicorn, two worker processes), driven with
+`requests`: the create sync → trigger → list runs flow, auth, the /v1 alias, refused bodies
+(a huge declared body is refused before it is sent), and clean logs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -20,6 +23,7 @@ from tests.fakes.http_sink import FakeHttpSink
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 30
+SERVER_PIDS: dict[str, int] = {}  # base URL → the `retl api` process (gunicorn's master)
 
 
 def _free_port() -> int:
@@ -30,15 +34,16 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The base URL of a waitress process serving api:create_app, and its log file."""
+    """The base URL of `retl api --workers 2`, and its log file."""
     port = _free_port()
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--call", "api:create_app"],
+            [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", "2"],
             cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
+    SERVER_PIDS[base] = process.pid
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -125,3 +130,52 @@ def test_auth_and_refused_bodies_over_http(server, api_key):
         assert response.json()["errors"][0]["status"] == str(status)
     openapi = requests.get(f"{base}/api/openapi.json", timeout=10)
     assert openapi.status_code == 200 and openapi.json()["openapi"].startswith("3.")
+
+
+def test_a_huge_body_is_refused_before_it_is_read(server):
+    """300 MB declared, a few bytes sent: the 413 comes at once, without the key, and the
+    connection closes instead of waiting for (or draining) the rest."""
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(
+            f"POST {API}/syncs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {300 * 1024 * 1024}\r\n\r\n{{\"name\": ".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert b'"status": "413"' in body or b'"status":"413"' in body
+
+
+def test_several_processes_answer(server, api_key):
+    base, _ = server
+    assert len(psutil.Process(SERVER_PIDS[base]).children()) == 2  # gunicorn's two workers
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {api_key}"
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: session.get(f"{base}{API}/syncs", timeout=20).status_code, range(40)))
+    assert statuses == [200] * 40
+
+
+def test_a_chunked_body_is_bounded_where_it_is_read(server, api_key):
+    base, _ = server
+
+    def chunks():
+        for _ in range(6):
+            yield b" " * (1024 * 1024)
+
+    response = requests.post(
+        f"{base}{API}/syncs", data=chunks(), timeout=60,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 413, response.text[:300]
+    assert response.json()["errors"][0]["status"] == "413"
+    small = requests.post(
+        f"{base}{API}/api-keys", data=iter([b"{", b"}"]), timeout=60,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
+    assert small.status_code == 201, small.text[:300]

@@ -255,12 +255,13 @@ def test_5xx_is_retryable(sink: FakeHttpSink, status: int) -> None:
     assert "upstream down" in caught.value.message
 
 
-def test_connection_refused_is_retryable() -> None:
+def test_connection_refused_is_retryable_with_connection_code() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(RetryableError):
+    with pytest.raises(RetryableError) as caught:
         make(f"http://127.0.0.1:{port}/").write_batch("records", "upsert", "id", people(1))
+    assert caught.value.code == "CONNECTION"
 
 
 def test_timeout_is_retryable_with_timeout_code() -> None:

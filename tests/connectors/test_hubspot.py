@@ -597,7 +597,7 @@ def test_unreachable_host_is_retryable() -> None:
     destination = HubSpotDestination({"accessToken": "t", "baseUrl": f"http://127.0.0.1:{port}"})
     with pytest.raises(RetryableError) as raised:
         destination.write_batch("contacts", "upsert", "email", [contact("ann@example.com")])
-    assert raised.value.code == "UNKNOWN"
+    assert raised.value.code == "CONNECTION"
 
 
 def test_timeout_is_retryable_with_timeout_code(

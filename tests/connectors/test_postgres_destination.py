@@ -309,8 +309,9 @@ def test_unreachable_server_is_retryable(schema: str) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     broken = PostgresDestination({"url": f"postgresql://postgres@127.0.0.1:{port}/test"})
-    with pytest.raises(RetryableError):
+    with pytest.raises(RetryableError) as caught:
         broken.write_batch("people", "upsert", "id", [person(1)])
+    assert caught.value.code == "CONNECTION"
 
 
 def test_lost_connection_is_retryable_then_reopened(

@@ -739,8 +739,9 @@ def test_unreachable_instance_is_retryable() -> None:
     destination = SalesforceDestination(
         {"instanceUrl": f"http://127.0.0.1:{port}", "accessToken": "t"}
     )
-    with pytest.raises(RetryableError):
+    with pytest.raises(RetryableError) as caught:
         destination.write_batch("Account", "insert", "External_Id__c", _accounts(1))
+    assert caught.value.code == "CONNECTION"
 
 
 def test_api_usage_is_read_from_every_answer(
