@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import redis
 
@@ -25,6 +25,8 @@ from connectors.destinations.base import RateLimit
 DEFAULT_SLOT_TTL_S = 120.0
 _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.25
+# How long a batch waits when Redis (and so the fleet's limits) cannot be reached.
+REDIS_AWAY_WAIT_S = 5.0
 
 
 def window_margin(per_seconds: float) -> float:
@@ -219,7 +221,12 @@ class DestinationLimiter:
         started = time.monotonic()
         pause = _POLL_MIN_S
         while True:
-            token, wait = self.try_permit()
+            try:
+                token, wait = self.try_permit()
+            except redis.RedisError:
+                # Redis is away (restarted, failing over): the limits cannot be kept, so nothing
+                # is sent; the batch waits (parked) and is tried again once Redis is back.
+                raise NoPermit(REDIS_AWAY_WAIT_S) from None
             if token is not None:
                 return _Permit(self, token)
             waited = time.monotonic() - started
@@ -237,12 +244,17 @@ class DestinationLimiter:
         """Give no permit for `seconds` (the destination asked the fleet to wait); a longer
         pause already set stands."""
         millis = max(1, int(seconds * 1000))
-        current = self.client.pttl(self.pause_key)
-        if current is None or current < millis:
-            self.client.set(self.pause_key, b"1", px=millis)
+        # With Redis away, the batch that asked is parked anyway; the others find out themselves.
+        with suppress(redis.RedisError):
+            current = self.client.pttl(self.pause_key)
+            if current is None or current < millis:
+                self.client.set(self.pause_key, b"1", px=millis)
 
     def release_slot(self, token: str) -> None:
-        self.client.zrem(self.slots_key, token)
+        # With Redis away, the write itself is done and must not be made again for this: the slot
+        # runs out on its own (its score is its expiry).
+        with suppress(redis.RedisError):
+            self.client.zrem(self.slots_key, token)
 
     def in_flight(self) -> int:
         now = _redis_now(self.client)
