@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 import redis
 
 from connectors.destinations.base import RateLimit
-from worker.limits import DestinationLimiter, window_margin
+from worker.limits import REDIS_AWAY_WAIT_S, DestinationLimiter, NoPermit, window_margin
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
@@ -153,3 +154,17 @@ def test_permits_hold_the_cap_and_the_rate_across_threads(redis_url: str) -> Non
     for thread in threads:
         thread.join()
     assert granted == 20 and peak <= 2
+
+
+def test_without_redis_a_permit_asks_to_wait_and_nothing_given_back_fails() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    client = redis.Redis(host="127.0.0.1", port=closed_port, socket_connect_timeout=0.5)
+    limiter = DestinationLimiter(client, "conn_away", rate=RateLimit(5), max_concurrency=1)
+    with pytest.raises(NoPermit) as waiting:
+        limiter.permit_within(1.0)
+    assert waiting.value.seconds == REDIS_AWAY_WAIT_S
+    # A write that was made keeps its outcome: giving the slot back or pausing never raises.
+    limiter.release_slot("a-token")
+    limiter.pause(3.0)
