@@ -88,6 +88,7 @@ def execute_run(run_id: str) -> float | None:
         if progress.complete:
             finalize(run_id, lease.fencing_token)
         else:
+            _call_writers(lease)
             _help_followers(run_id, lease.fencing_token)
     except LeaseLost:
         log.warning("run %s: lease lost while planning; its new holder carries on", run_id)
@@ -105,6 +106,25 @@ def execute_run(run_id: str) -> float | None:
         log.exception("run %s failed", run_id)
         _end_early(lease, "failed", f"internal error: {type(exc).__name__}: {exc}")
     return None
+
+
+def _call_writers(lease: repo.Lease) -> None:
+    """Planning is over: call as many more writers as the destination's concurrency cap lets
+    write at once (this process is one), one doorbell each for the run's next pending batches.
+    A writer whose batch another took first takes what is left after it (`follow_planner`),
+    so a doorbell too many costs a claim, and a fleet with free processes fills the
+    destination's allowance at once rather than one writer a second."""
+    with transaction() as conn:
+        sync = syncs.get_by_id(conn, lease.sync_id)
+        record = connections.get_by_id(conn, sync.destination_id)
+    if record is None:
+        return
+    _, limiter = destination_for(record)
+    with transaction() as conn:
+        batch_nos = repo.pending_batches_after_first(
+            conn, lease.run_id, limiter.max_concurrency - 1)
+    for batch_no in batch_nos:
+        dispatch.enqueue_batch(lease.run_id, batch_no, lease.fencing_token)
 
 
 def _help_followers(run_id: str, token: int) -> None:

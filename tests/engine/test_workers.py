@@ -41,12 +41,13 @@ class Workers:
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str) -> subprocess.Popen:
+    def start(self, name: str, concurrency: int = 1) -> subprocess.Popen:
         env = {**os.environ, "RETL_LEASE_SECONDS": LEASE_SECONDS, "RETL_HEARTBEAT_SECONDS": "1"}
         log = self.log_dir / f"{name}.log"
         process = subprocess.Popen(
             [CELERY, "-A", "worker.app", "worker", "-Q", f"{os.environ['RETL_QUEUE']},{os.environ['RETL_QUEUE']}-control",
-             "--concurrency", "1", "-P", "prefork", "-n", f"{name}@%h", "--without-gossip",
+             "--concurrency", str(concurrency), "-P", "prefork", "-n", f"{name}@%h",
+             "--without-gossip",
              "--without-mingle", "--without-heartbeat", "-l", "info"],
             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
             cwd=Path(__file__).resolve().parents[2],

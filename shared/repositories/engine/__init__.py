@@ -34,6 +34,7 @@ from shared.repositories.engine.followers import (  # noqa: F401
     fence_last_storing,
     followers_channel,
     hand_on,
+    pending_batches_after_first,
     promise_to_follow,
     retire_follower,
     send_claim_next_pending,

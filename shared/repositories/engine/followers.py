@@ -22,11 +22,13 @@ from shared.repositories.engine.leases import _FENCE_LAST, LeaseLost
 # follower that dies leaves its promise to run out; the reaper rings what it left.
 
 # Batches left to followers and not yet taken, beyond which the planner rings again — at most
-# once every BACKLOG_RING_EVERY_S: each writer it adds follows too, so a run gains a writer a
-# second for as long as its followers fall behind, and a worker with no process free is not
-# sent a message per batch that it could only take once the batches are written.
+# once every BACKLOG_RING_EVERY_S: each writer it adds follows too, so a run gains up to twenty
+# writers a second for as long as its followers fall behind (a slow destination), and a worker
+# with no process free is not sent a message per batch that it could only take once the
+# batches are written. When planning ends, the writers still missing are called at once
+# (`pending_batches_after_first`).
 FOLLOWED_BACKLOG = 2
-BACKLOG_RING_EVERY_S = 1.0
+BACKLOG_RING_EVERY_S = 0.05
 
 
 def followers_channel(run_id: str) -> str:
@@ -158,3 +160,17 @@ def hand_on(conn: psycopg.Connection, run_id: str) -> int | None:
         {"run": run_id},
     ).fetchone()
     return None if row is None else row[0]
+
+
+def pending_batches_after_first(conn: psycopg.Connection, run_id: str, count: int) -> list[int]:
+    """The numbers of up to `count` of the run's pending batches, after the first one (which
+    the caller takes itself): the doorbells that call more writers."""
+    if count <= 0:
+        return []
+    rows = conn.execute(
+        "SELECT batch_no FROM run_batches WHERE run_id = %s AND status = 'pending'"
+        " AND (not_before IS NULL OR not_before <= now())"
+        " ORDER BY batch_no OFFSET 1 LIMIT %s",
+        (run_id, count),
+    ).fetchall()
+    return [row[0] for row in rows]
