@@ -71,7 +71,8 @@ def test_writers_stop_sending_while_the_destination_asks_to_wait(
         run = wait_for_run(_trigger(setup), timeout_s=90)
     assert run.status == "succeeded", run.error
     assert len(sink.store) == 300
-    # The first request was answered 429; every writer of the fleet then waits out the
-    # Retry-After instead of trying on its own.
+    # The first request was answered 429; once the answer is in (writes already on their way
+    # may still land), every writer of the fleet waits out the Retry-After instead of trying
+    # on its own.
     answered_429 = sink.seen[0]
-    assert [t for t in sink.arrivals if t - answered_429 < 2.5] == []
+    assert [t for t in sink.arrivals if 0.5 < t - answered_429 < 2.5] == []
