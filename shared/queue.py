@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 EXECUTE_RUN = "retl.execute_run"
 WRITE_BATCH = "retl.write_batch"
 REAP = "retl.reap"
+FINALIZE_RUN = "retl.finalize_run"
 SCHEDULE_TICK = "retl.schedule_tick"
 
 
@@ -54,3 +55,11 @@ def send(task_name: str, *args: object) -> bool:
 
 def enqueue_run(run_id: str) -> bool:
     return send(EXECUTE_RUN, run_id)
+
+
+def enqueue_batch(run_id: str, batch_no: int, token: int) -> bool:
+    return send(WRITE_BATCH, run_id, batch_no, token)
+
+
+def enqueue_finalize(run_id: str, token: int) -> bool:
+    return send(FINALIZE_RUN, run_id, token)

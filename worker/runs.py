@@ -32,7 +32,7 @@ from shared.settings import get_settings
 from worker import dispatch
 from worker.destinations import destination_for
 from worker.executor import write_with_retries
-from worker.planner import Heartbeat, RunCancelled, RunFailed, load_context, plan_run
+from worker.planner import Heartbeat, RunCancelled, RunFailed, RunHeld, load_context, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def execute_run(run_id: str) -> float | None:
         log.warning("run %s: lease lost while planning; its new holder carries on", run_id)
     except RunCancelled:
         _end_early(lease, "cancelled", None)
+    except RunHeld as exc:
+        _hold(lease, exc)
     except RunFailed as exc:
         _end_early(lease, "failed", exc.message)
         if exc.auth:
@@ -111,6 +113,17 @@ def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
             repo.end_run(conn, lease.run_id, lease.fencing_token, status, error)
     except LeaseLost:
         log.warning("run %s ended elsewhere before it could be marked %s", lease.run_id, status)
+
+
+def _hold(lease: repo.Lease, held: RunHeld) -> None:
+    """The plan crossed the sync's guard: the run ends `held`, its batches kept unwritten."""
+    log.warning("run %s held: %s", lease.run_id, held.message)
+    try:
+        with transaction() as conn:
+            repo.fence(conn, lease.run_id, lease.fencing_token, durable=True)
+            repo.hold_run(conn, lease.run_id, lease.fencing_token, held.batches, held.message)
+    except LeaseLost:
+        log.warning("run %s ended elsewhere before it could be held", lease.run_id)
 
 
 # -- write a batch -------------------------------------------------------------------------------
