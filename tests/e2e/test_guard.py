@@ -99,6 +99,9 @@ def test_approving_writes_the_planned_records_and_nothing_else(
     warehouse.execute("UPDATE warehouse.people SET name = 'Later' WHERE id = 7")
     warehouse.insert(1, start=11)
     sink.received.clear()
+    # No writer, follower or the reaper finds a held plan's batches.
+    released.engine.reap()
+    assert released.pending == []
 
     response = _post(client, account, f"/runs/{held.id}/approve")
     assert response.status_code == 202, response.get_json()
