@@ -24,11 +24,9 @@ def redis_client() -> redis.Redis:
 
 
 def _limiter(record: Connection, destination: Destination) -> DestinationLimiter:
-    config = destination.config
-    rate = float(config.get("rateLimitPerSecond") or destination.rate_limit_per_second)
-    concurrency = int(config.get("maxConcurrency") or destination.max_concurrency)
+    concurrency = int(destination.config.get("maxConcurrency") or destination.max_concurrency)
     return DestinationLimiter(
-        redis_client(), record.id, rate_per_second=rate, max_concurrency=concurrency,
+        redis_client(), record.id, rate=destination.fleet_rate_limit(), max_concurrency=concurrency,
         slot_ttl_s=max(get_settings().lease_seconds, 10.0),
     )
 

@@ -1,10 +1,10 @@
-"""Fleet-wide limits per destination, held in Redis: a request rate (GCRA, the leaky-bucket
-form of a token bucket) and a concurrency cap (a lease set of in-flight writes).
+"""Fleet-wide limits per destination, held in Redis: a request allowance counted as vendors
+count it (at most `requests` in any window of `per_seconds`) and a concurrency cap (a lease set
+of in-flight writes).
 
 Both use Redis's own clock, so every worker process on every machine shares one budget per
-destination and no process's clock skew matters. Each limit on its own is a WATCH/MULTI
-optimistic transaction; a write takes both at once with one Lua call (`permit`), so a batch
-pays one round trip to Redis before its request and one after."""
+destination and no process's clock skew matters. A write takes both at once with one Lua call
+(`try_permit`), so a batch pays one round trip to Redis before its request and one after."""
 
 from __future__ import annotations
 
@@ -15,97 +15,100 @@ from contextlib import contextmanager
 
 import redis
 
+from connectors.destinations.base import RateLimit
+
 # How long a slot is held if its holder dies without releasing it.
 DEFAULT_SLOT_TTL_S = 120.0
 _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.25
 
 
-# Both limits in one atomic step: a free slot, then the rate. A slot is only taken together
-# with a granted rate, so a write waiting for the rate holds no slot.
-# KEYS: slots, rate. ARGV: token, max concurrency, slot ttl s, interval s, tolerance s.
+def window_margin(per_seconds: float) -> float:
+    """How much longer than the vendor's window grants are counted over. A request reaches the
+    vendor a little after its permit (encoding, the network, a busy core), and two requests'
+    delays differ: counting grants over a slightly longer window keeps every window *as the
+    vendor counts it* within the allowance."""
+    return 0.1 + 0.01 * per_seconds
+
+
+# The allowance is a sliding log: the grant times of the last window, in a sorted set. A request
+# is granted when fewer than `requests` grants lie in the window before now; otherwise the answer
+# is how long until the oldest one that counts leaves it. A slot is only taken together with a
+# granted request, so a write waiting for the allowance holds no slot.
+# KEYS: slots, window. ARGV: token, max concurrency (0: no cap), slot ttl s, requests, window s.
 # Returns {1, "0"} when granted, {0, "-1"} when no slot is free, {0, wait} to wait for the rate.
 _PERMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return {0, '-1'}
+local cap = tonumber(ARGV[2])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= cap then
+    return {0, '-1'}
+  end
 end
-local stored = redis.call('GET', KEYS[2])
-local tat = now
-if stored then tat = math.max(tonumber(stored), now) end
-local interval = tonumber(ARGV[4])
-if tat - now > tonumber(ARGV[5]) then
-  return {0, tostring(tat - now - tonumber(ARGV[5]))}
+local requests = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+local counted = redis.call('ZCARD', KEYS[2])
+if counted >= requests then
+  local oldest = redis.call('ZRANGE', KEYS[2], counted - requests, counted - requests, 'WITHSCORES')
+  return {0, string.format('%.6f', math.max(0.000001, tonumber(oldest[2]) + window - now))}
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[2], string.format('%.6f', new_tat), 'PX',
-  math.max(1, math.floor((new_tat - now) * 1000) + 1000))
-local ttl = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.floor(ttl * 1000) + 1000)
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], math.floor(window * 1000) + 1000)
+if cap > 0 then
+  local ttl = tonumber(ARGV[3])
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], math.floor(ttl * 1000) + 1000)
+end
 return {1, '0'}
 """
 
 
-def _redis_now(pipe: redis.client.Pipeline) -> float:
-    seconds, micros = pipe.time()
+def _redis_now(client: redis.Redis) -> float:
+    seconds, micros = client.time()
     return seconds + micros / 1_000_000
 
 
 class DestinationLimiter:
-    """Rate and concurrency limits of one destination, shared by the whole fleet."""
+    """The allowance and the concurrency cap of one destination, shared by the whole fleet."""
 
     def __init__(
-        self, client: redis.Redis, destination_id: str, *, rate_per_second: float,
-        max_concurrency: int, burst: float | None = None, slot_ttl_s: float = DEFAULT_SLOT_TTL_S,
+        self, client: redis.Redis, destination_id: str, *, rate: RateLimit,
+        max_concurrency: int, slot_ttl_s: float = DEFAULT_SLOT_TTL_S,
     ) -> None:
-        if rate_per_second <= 0 or max_concurrency <= 0:
-            raise ValueError("rate and concurrency must be positive")
+        if rate.requests < 1 or rate.per_seconds <= 0 or max_concurrency <= 0:
+            raise ValueError("limits must be positive")
         self.client = client
-        self.rate_key = f"retl:limit:{destination_id}:rate"
+        self.window_key = f"retl:limit:{destination_id}:window"
         self.slots_key = f"retl:limit:{destination_id}:slots"
-        self.interval = 1.0 / rate_per_second
-        # Requests allowed back to back before the rate applies: one second's worth, at least 1.
-        self.burst = max(1.0, burst if burst is not None else rate_per_second)
+        self.rate = rate
+        self.window_s = rate.per_seconds + window_margin(rate.per_seconds)
         self.max_concurrency = max_concurrency
         self.slot_ttl_s = slot_ttl_s
         self._permit = client.register_script(_PERMIT_LUA)
 
-    # -- rate ------------------------------------------------------------------------------------
+    def _try(self, token: str, *, with_slot: bool) -> float | None:
+        granted, wait = self._permit(
+            keys=[self.slots_key, self.window_key],
+            args=[token, self.max_concurrency if with_slot else 0, self.slot_ttl_s,
+                  self.rate.requests, repr(self.window_s)],
+        )
+        if int(granted) == 1:
+            return 0.0
+        seconds = float(wait)
+        return None if seconds < 0 else seconds
+
+    # -- the allowance alone ---------------------------------------------------------------------
 
     def try_acquire_rate(self) -> float:
-        """Take one request from the budget: 0.0 when granted, else seconds to wait first."""
-        tolerance = self.interval * (self.burst - 1)
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.rate_key)
-                    now = _redis_now(pipe)
-                    stored = pipe.get(self.rate_key)
-                    # Theoretical arrival time: when the budget is fully spent.
-                    tat = max(float(stored) if stored is not None else now, now)
-                    if tat - now > tolerance:
-                        pipe.unwatch()
-                        return tat - now - tolerance
-                    new_tat = tat + self.interval
-                    pipe.multi()
-                    pipe.set(self.rate_key, repr(new_tat), px=max(1, int((new_tat - now) * 1000) + 1000))
-                    pipe.execute()
-                    return 0.0
-                except redis.WatchError:
-                    continue
+        """Take one request from the allowance: 0.0 when granted, else seconds to wait first."""
+        wait = self._try(uuid.uuid4().hex, with_slot=False)
+        assert wait is not None  # without a slot, only the allowance can refuse
+        return wait
 
-    def acquire_rate(self, deadline_s: float | None = None) -> None:
-        """Wait until a request fits the rate (TimeoutError past `deadline_s`)."""
-        started = time.monotonic()
-        while (wait := self.try_acquire_rate()) > 0:
-            if deadline_s is not None and time.monotonic() - started + wait > deadline_s:
-                raise TimeoutError(f"rate budget of {self.rate_key} not available in time")
-            time.sleep(min(max(wait, _POLL_MIN_S), 1.0))
-
-    # -- concurrency -----------------------------------------------------------------------------
+    # -- the cap alone ---------------------------------------------------------------------------
 
     def try_acquire_slot(self) -> str | None:
         """A slot token when fewer than max_concurrency writes are in flight, else None."""
@@ -128,49 +131,6 @@ class DestinationLimiter:
                 except redis.WatchError:
                     continue
 
-    def try_permit(self) -> tuple[str | None, float | None]:
-        """A slot and one request of the rate, atomically: (slot token, None) when granted,
-        (None, None) when every slot is taken, (None, seconds) to wait for the rate."""
-        token = uuid.uuid4().hex
-        tolerance = self.interval * (self.burst - 1)
-        granted, wait = self._permit(
-            keys=[self.slots_key, self.rate_key],
-            args=[token, self.max_concurrency, self.slot_ttl_s, repr(self.interval),
-                  repr(tolerance)],
-        )
-        if int(granted) == 1:
-            return token, None
-        seconds = float(wait)
-        return None, (None if seconds < 0 else seconds)
-
-    @contextmanager
-    def permit(self, deadline_s: float | None = None) -> Iterator[None]:
-        """Hold a concurrency slot, with one request of the rate taken, for the block."""
-        started = time.monotonic()
-        pause = _POLL_MIN_S
-        while True:
-            token, wait = self.try_permit()
-            if token is not None:
-                break
-            if wait is None:  # every slot is taken: back off, doubling
-                sleep, pause = pause, min(pause * 2, _POLL_MAX_S)
-            else:
-                sleep = min(max(wait, _POLL_MIN_S), 1.0)
-            if deadline_s is not None and time.monotonic() - started + sleep > deadline_s:
-                raise TimeoutError(f"no permit from {self.slots_key} and {self.rate_key} in time")
-            time.sleep(sleep)
-        try:
-            yield
-        finally:
-            self.release_slot(token)
-
-    def release_slot(self, token: str) -> None:
-        self.client.zrem(self.slots_key, token)
-
-    def in_flight(self) -> int:
-        now = _redis_now(self.client)
-        return int(self.client.zcount(self.slots_key, f"({now}", "+inf"))
-
     @contextmanager
     def slot(self, deadline_s: float | None = None) -> Iterator[None]:
         """Hold one of the destination's concurrency slots for the duration of the block."""
@@ -185,3 +145,42 @@ class DestinationLimiter:
             yield
         finally:
             self.release_slot(token)
+
+    # -- both at once ----------------------------------------------------------------------------
+
+    def try_permit(self) -> tuple[str | None, float | None]:
+        """A slot and one request of the allowance, atomically: (slot token, None) when granted,
+        (None, None) when every slot is taken, (None, seconds) to wait for the allowance."""
+        token = uuid.uuid4().hex
+        wait = self._try(token, with_slot=True)
+        if wait == 0.0:
+            return token, None
+        return None, wait
+
+    @contextmanager
+    def permit(self, deadline_s: float | None = None) -> Iterator[None]:
+        """Hold a concurrency slot, with one request of the allowance taken, for the block."""
+        started = time.monotonic()
+        pause = _POLL_MIN_S
+        while True:
+            token, wait = self.try_permit()
+            if token is not None:
+                break
+            if wait is None:  # every slot is taken: back off, doubling
+                sleep, pause = pause, min(pause * 2, _POLL_MAX_S)
+            else:
+                sleep = min(max(wait, _POLL_MIN_S), 1.0)
+            if deadline_s is not None and time.monotonic() - started + sleep > deadline_s:
+                raise TimeoutError(f"no permit from {self.slots_key} and {self.window_key} in time")
+            time.sleep(sleep)
+        try:
+            yield
+        finally:
+            self.release_slot(token)
+
+    def release_slot(self, token: str) -> None:
+        self.client.zrem(self.slots_key, token)
+
+    def in_flight(self) -> int:
+        now = _redis_now(self.client)
+        return int(self.client.zcount(self.slots_key, f"({now}", "+inf"))

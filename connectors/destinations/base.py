@@ -14,6 +14,21 @@ DATA_TYPES = ("string", "integer", "number", "boolean", "date", "datetime", "jso
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """At most `requests` requests in any window of `per_seconds`, as a vendor counts them."""
+
+    requests: int
+    per_seconds: float = 1.0
+
+    @classmethod
+    def per_second(cls, rate: float) -> RateLimit:
+        """A rate in requests per second as a window: whole requests over the window they need
+        (2.5/s is 2 per 0.8 s; 0.5/s is 1 per 2 s)."""
+        requests = max(1, int(rate))
+        return cls(requests=requests, per_seconds=requests / rate)
+
+
+@dataclass(frozen=True)
 class DestinationObject:
     api_name: str
     label: str
@@ -86,9 +101,10 @@ class Destination(ABC):
     config_fields: ClassVar[tuple[ConfigField, ...]] = ()
     supported_modes: ClassVar[frozenset[str]] = frozenset({"upsert", "insert", "update", "delete", "mirror"})
     batch_size: ClassVar[int] = 100
-    # Fleet-wide defaults; an operator may lower them in the destination's config
-    # (`rateLimitPerSecond`, `maxConcurrency`).
-    rate_limit_per_second: ClassVar[float] = 10.0
+    # Fleet-wide defaults, as the vendor publishes them; an operator may set others in the
+    # destination's config (`rateLimit`: {"requests", "perSeconds"}, or `rateLimitPerSecond`;
+    # `maxConcurrency`).
+    rate_limit: ClassVar[RateLimit] = RateLimit(10, 1.0)
     max_concurrency: ClassVar[int] = 4
     # A destination whose requests are JSON may name the function that gives a value JSON has
     # no type for (a date, a decimal) its JSON form. The planner applies it while mapping, so a
@@ -98,6 +114,16 @@ class Destination(ABC):
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+
+    def fleet_rate_limit(self) -> RateLimit:
+        """The allowance the fleet keeps for this destination: its config's, else the vendor's."""
+        window = self.config.get("rateLimit")
+        if window:
+            return RateLimit(int(window["requests"]), float(window["perSeconds"]))
+        per_second = self.config.get("rateLimitPerSecond")
+        if per_second:
+            return RateLimit.per_second(float(per_second))
+        return self.rate_limit
 
     @abstractmethod
     def test(self) -> None:

@@ -38,6 +38,7 @@ from connectors.destinations.base import (
     DestinationField,
     DestinationObject,
     Operation,
+    RateLimit,
     Record,
     RecordResult,
 )
@@ -129,13 +130,12 @@ class HttpDestination(Destination):
         ),
         ConfigField("objectName", default="records", description="Name of the one object."),
         ConfigField("timeoutSeconds", default=DEFAULT_READ_TIMEOUT, description="Read timeout."),
-        ConfigField("rateLimitPerSecond", default=1000, description="Requests per second."),
     )
     supported_modes: ClassVar[frozenset[str]] = frozenset(
         {"upsert", "insert", "update", "delete", "mirror"}
     )
     batch_size: ClassVar[int] = 100
-    rate_limit_per_second: ClassVar[float] = 1000.0
+    rate_limit: ClassVar[RateLimit] = RateLimit(1000, 1.0)
     max_concurrency: ClassVar[int] = 8
     json_form: ClassVar[Callable[[Any], Any] | None] = staticmethod(json_value)
 

@@ -21,6 +21,7 @@ from connectors.destinations.base import (
     DestinationField,
     DestinationObject,
     Operation,
+    RateLimit,
     Record,
     RecordResult,
 )
@@ -150,7 +151,8 @@ class HubSpotDestination(Destination):
     )
     batch_size: ClassVar[int] = MAX_BATCH_INPUTS
     # 100 requests per 10 s on the lowest plan; the account's limit is shared by every app.
-    rate_limit_per_second: ClassVar[float] = 10.0
+    # Private apps: 100 requests per 10 s (Free, Starter), 190 (Professional, Enterprise).
+    rate_limit: ClassVar[RateLimit] = RateLimit(100, 10.0)
     max_concurrency: ClassVar[int] = 5
 
     def __init__(self, config: dict[str, Any]) -> None:

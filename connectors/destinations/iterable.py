@@ -33,6 +33,7 @@ from connectors.destinations.base import (
     DestinationField,
     DestinationObject,
     Operation,
+    RateLimit,
     Record,
     RecordResult,
 )
@@ -221,7 +222,8 @@ class IterableDestination(Destination):
     }
     batch_size: ClassVar[int] = 1000
     # users/bulkUpdate allows 5 requests/s per project (trackBulk 10): the stricter one rules.
-    rate_limit_per_second: ClassVar[float] = 5.0
+    # users/bulkUpdate: about 5 requests per second per project.
+    rate_limit: ClassVar[RateLimit] = RateLimit(5, 1.0)
     max_concurrency: ClassVar[int] = 2
 
     @classmethod

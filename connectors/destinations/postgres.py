@@ -23,6 +23,7 @@ from connectors.destinations.base import (
     DestinationField,
     DestinationObject,
     Operation,
+    RateLimit,
     Record,
     RecordResult,
 )
@@ -118,7 +119,7 @@ class PostgresDestination(Destination):
         {"upsert", "insert", "update", "delete", "mirror"}
     )
     batch_size: ClassVar[int] = 1000
-    rate_limit_per_second: ClassVar[float] = 100.0
+    rate_limit: ClassVar[RateLimit] = RateLimit(100, 1.0)
     max_concurrency: ClassVar[int] = 4
 
     def __init__(self, config: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from connectors.destinations.base import (
     DestinationField,
     DestinationObject,
     Operation,
+    RateLimit,
     Record,
     RecordResult,
 )
@@ -337,14 +338,13 @@ class SalesforceDestination(Destination):
             description="First pause between bulk job status checks; it grows up to 10 s.",
         ),
         ConfigField("timeoutSeconds", default=DEFAULT_READ_TIMEOUT, description="Read timeout."),
-        ConfigField("rateLimitPerSecond", default=20, description="Requests per second."),
-        ConfigField("maxConcurrency", default=10, description="Requests in flight at once."),
     )
     supported_modes: ClassVar[frozenset[str]] = frozenset(
         {"upsert", "insert", "update", "delete", "mirror"}
     )
     batch_size: ClassVar[int] = COLLECTION_LIMIT
-    rate_limit_per_second: ClassVar[float] = 20.0
+    # No per-second window is published (the allocation is per rolling 24 h): a gentle pace.
+    rate_limit: ClassVar[RateLimit] = RateLimit(20, 1.0)
     # Salesforce allows about 25 concurrent long-running requests per org; leave room for
     # the org's other integrations.
     max_concurrency: ClassVar[int] = 10

@@ -20,8 +20,10 @@ from shared.secrets import decrypt_config, encrypt_config
 from shared.settings import get_settings
 
 KINDS = {"source": ids.SOURCE, "destination": ids.DESTINATION}
-# Options every destination takes to lower its fleet-wide limits, with the values allowed.
+# Options every destination takes to set its fleet-wide limits, with the values allowed.
 FLEET_LIMITS = {"rateLimitPerSecond": (0.01, 100_000), "maxConcurrency": (1, 1_000)}
+# `rateLimit`: {"requests": N, "perSeconds": S}, the allowance as the vendor counts it.
+RATE_WINDOW = {"requests": (1, 1_000_000), "perSeconds": (0.01, 86_400)}
 
 
 @dataclass
@@ -47,7 +49,7 @@ def _connector_class(kind: str, connector: str) -> type[Destination] | type[Sour
 def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     declared = {f.name: f for f in cls.config_fields}
     for name in config:
-        if declared and name not in declared and name not in FLEET_LIMITS:
+        if declared and name not in declared and name not in FLEET_LIMITS and name != "rateLimit":
             raise Invalid(f"unknown option {name!r} for {cls.type}", pointer=f"/config/{name}")
     for field in cls.config_fields:
         if field.required and config.get(field.name) in (None, ""):
@@ -58,6 +60,8 @@ def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise Invalid(f"{name} must be a number from {low:g} to {high:g}", pointer=f"/config/{name}")
+    if config.get("rateLimit") is not None:
+        _check_rate_window(config)
     # The connector's own checks (URL schemes, enums, numbers), made without calling anyone.
     try:
         cls(config).close()
@@ -67,6 +71,22 @@ def _check_config(cls: type, config: dict[str, Any]) -> dict[str, Any]:
         raise Invalid(f"{cls.type} refuses this config: an option has a value of the wrong type",
                       pointer="/config") from None
     return config
+
+
+def _check_rate_window(config: dict[str, Any]) -> None:
+    window = config["rateLimit"]
+    if config.get("rateLimitPerSecond") is not None:
+        raise Invalid("give rateLimit or rateLimitPerSecond, not both", pointer="/config/rateLimit")
+    if not isinstance(window, dict) or set(window) != set(RATE_WINDOW):
+        raise Invalid('rateLimit is {"requests": N, "perSeconds": S}', pointer="/config/rateLimit")
+    for name, (low, high) in RATE_WINDOW.items():
+        value = window[name]
+        whole = name != "requests" or isinstance(value, int)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not whole \
+                or not low <= value <= high:
+            kind = "a whole number" if name == "requests" else "a number"
+            raise Invalid(f"rateLimit.{name} must be {kind} from {low:g} to {high:g}",
+                          pointer=f"/config/rateLimit/{name}")
 
 
 def _view(record: repo.Connection) -> ConnectionView:

@@ -347,3 +347,44 @@ def test_fleet_limits_within_range_are_kept(client, api_key, sink):
     response = client.post(f"{API}/destinations", json=body, headers=bearer(api_key))
     assert response.status_code == 201
     assert response.get_json()["data"]["attributes"]["config"]["maxConcurrency"] == 3
+
+
+@pytest.mark.parametrize("window, pointer", [
+    ({"requests": 0, "perSeconds": 10}, "/config/rateLimit/requests"),
+    ({"requests": 2.5, "perSeconds": 10}, "/config/rateLimit/requests"),
+    ({"requests": 190, "perSeconds": -1}, "/config/rateLimit/perSeconds"),
+    ({"requests": 190, "perSeconds": "10"}, "/config/rateLimit/perSeconds"),
+    ({"requests": 190}, "/config/rateLimit"),
+    ({"requests": 190, "perSeconds": 10, "burst": 5}, "/config/rateLimit"),
+    ([190, 10], "/config/rateLimit"),
+])
+def test_a_rate_window_must_be_whole_requests_over_positive_seconds(
+    client, api_key, sink, window, pointer
+):
+    body = {"name": "r", "connector": "http", "config": {"url": sink.url, "rateLimit": window}}
+    response = client.post(f"{API}/destinations", json=body, headers=bearer(api_key))
+    assert_error(response, 422, pointer)
+
+
+def test_a_rate_window_and_a_rate_per_second_are_not_given_together(client, api_key, sink):
+    config = {"url": sink.url, "rateLimit": {"requests": 190, "perSeconds": 10},
+              "rateLimitPerSecond": 5}
+    body = {"name": "r", "connector": "http", "config": config}
+    response = client.post(f"{API}/destinations", json=body, headers=bearer(api_key))
+    assert_error(response, 422, "/config/rateLimit")
+
+
+def test_a_rate_window_is_kept_and_used_by_the_fleet(client, api_key, sink):
+    from connectors.destinations.base import RateLimit
+    from connectors.destinations.http import HttpDestination
+
+    window = {"requests": 190, "perSeconds": 10}
+    body = {"name": "r", "connector": "http", "config": {"url": sink.url, "rateLimit": window}}
+    response = client.post(f"{API}/destinations", json=body, headers=bearer(api_key))
+    assert response.status_code == 201
+    assert response.get_json()["data"]["attributes"]["config"]["rateLimit"] == window
+    assert HttpDestination({"url": sink.url, "rateLimit": window}).fleet_rate_limit() == \
+        RateLimit(190, 10.0)
+    assert HttpDestination({"url": sink.url, "rateLimitPerSecond": 5}).fleet_rate_limit() == \
+        RateLimit(5, 1.0)
+    assert HttpDestination({"url": sink.url}).fleet_rate_limit() == RateLimit(1000, 1.0)
