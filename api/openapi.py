@@ -126,7 +126,9 @@ def openapi_document() -> dict[str, Any]:
         if query is not None:
             operation.setdefault("parameters", []).append({"in": "query", "schema": query})
         if body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+            # A saved sync's preview takes its body (the sample size) only when given.
+            required = body is not s.PreviewBodySchema
+            operation["requestBody"] = {"required": required, "content": {"application/json": {"schema": body}}}
         paths.setdefault(PREFIX + path, {})[method] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)

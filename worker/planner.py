@@ -328,8 +328,12 @@ def _guard_verdict(context: RunContext, counts: repo.DiffCounts) -> str | None:
     guard = guards.effective(sync.sync_mode, sync.guard)
     if guard is None or context.lease.replay_keys is not None:
         return None
-    with transaction() as conn:
-        held = repo.snapshot_size(conn, sync.id)
+    if sync.sync_mode == "mirror":
+        # Every record of the snapshot is in the result (changed or unchanged) or removed.
+        held = counts.changed + counts.unchanged + counts.removed
+    else:
+        with transaction() as conn:
+            held = repo.snapshot_size(conn, sync.id)
     return guards.verdict(guard, plan_numbers(sync.sync_mode, counts, held))
 
 
