@@ -139,7 +139,8 @@ def _plan(
     salted = planner._salted(source)
     salt = {"salt": plan.fingerprint} if salted else {}
     chunks = source.stream_key_hashes(
-        sync.source_query, plan.key_column, plan.read_columns, planner.HASH_CHUNK, **salt
+        sync.source_query, plan.key_column, plan.read_columns,
+        min(planner.HASH_CHUNK, budget.max_rows + 1), **salt,  # the cap is checked per chunk
     )
     repo.copy_into_stage(pg, chunks, budget.check)
     rejects = repo.stage_rejects(pg, preview_id)

@@ -164,6 +164,23 @@ def test_an_unsaved_sync_is_previewed_without_being_created(
     assert bad.get_json()["errors"][0]["code"] == "preview_failed"
 
 
+def test_a_delete_sync_previews_the_keys_it_would_delete(
+    client: FlaskClient, account: Any, warehouse: Warehouse, sink: FakeHttpSink
+) -> None:
+    warehouse.insert(3)
+    setup = make_sync(account.workspace_id, {"url": warehouse.url}, sink.url, mode="delete")
+
+    preview = _preview(client, account, f"/syncs/{setup.sync_id}/preview")
+
+    assert preview["counts"] == {
+        "added": 0, "changed": 0, "removed": 3, "unchanged": 0, "rejected": 0
+    }
+    assert preview["samples"]["removed"] == [
+        {"key": key, "operation": "delete", "record": {"external_id": key}} for key in "123"
+    ]
+    assert preview["samples"]["added"] == []
+
+
 def test_a_preview_is_not_blocked_by_a_running_run_of_the_sync(
     client: FlaskClient, account: Any, changed_sync: SyncSetup, driver: EngineDriver,
 ) -> None:
