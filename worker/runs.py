@@ -116,12 +116,17 @@ def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
 
 
 def _hold(lease: repo.Lease, held: RunHeld) -> None:
-    """The plan crossed the sync's guard: the run ends `held`, its batches kept unwritten."""
+    """The plan crossed the sync's guard: the run ends `held`, its batches kept unwritten (or
+    `cancelled`, its plan dropped, when a cancel came meanwhile)."""
     log.warning("run %s held: %s", lease.run_id, held.message)
+    run_id, token = lease.run_id, lease.fencing_token
     try:
         with transaction() as conn:
-            repo.fence(conn, lease.run_id, lease.fencing_token, durable=True)
-            repo.hold_run(conn, lease.run_id, lease.fencing_token, held.batches, held.message)
+            if repo.fence(conn, run_id, token, durable=True):
+                repo.discard_plan(conn, run_id)
+                repo.end_run(conn, run_id, token, "cancelled", None)
+            else:
+                repo.hold_run(conn, run_id, token, held.batches, held.message)
     except LeaseLost:
         log.warning("run %s ended elsewhere before it could be held", lease.run_id)
 
