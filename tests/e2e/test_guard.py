@@ -110,6 +110,8 @@ def test_approving_writes_the_planned_records_and_nothing_else(
 
     run = get_run(held.id)
     assert run.status == "succeeded", run.error
+    assert _post(client, account, f"/runs/{held.id}/approve").status_code == 409  # not held
+    assert _post(client, account, "/runs/retl_run_nope/approve").status_code == 404
     assert _sent(sink) == [("delete", str(k)) for k in range(1, 6)] + [("upsert", "6")]
     assert sorted(sink.store, key=int) == ["6", "7", "8", "9", "10"]
     assert sink.store["6"]["full_name"] == "Planned"

@@ -132,6 +132,8 @@ def test_sample_size_is_bounded(
     too_many = client.post(f"{API}{path}?sample=101", headers=bearer(account.key))
     assert too_many.status_code == 422
     assert too_many.get_json()["errors"][0]["source"]["parameter"] == "sample"
+    unknown = client.post(f"{API}/syncs/retl_sync_nope/preview", headers=bearer(account.key))
+    assert unknown.status_code == 404
 
 
 def test_an_unsaved_sync_is_previewed_without_being_created(
