@@ -1,0 +1,231 @@
+"""retl at scale, in one table: a run's time by fleet size against a latency-bound receiver
+(with the time the allowance and the fleet permit beside it), the busiest window of a
+rate-limited destination against its limit, and planning a large Postgres source against
+`COPY (query) TO STDOUT`. See bench/README.md ("Scale").
+
+Needs Postgres and Redis like bench/run.py (RETL_BENCH_DATABASE_URL, RETL_BENCH_REDIS_URL)."""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+
+from bench.run import (  # noqa: E402 - bench.run sets the engine's environment first
+    MAPPINGS,
+    PEOPLE,
+    REDIS_URL,
+    STATE_DB,
+    WAREHOUSE_DB,
+    CeleryWorker,
+    Row,
+    _url,
+    build_duckdb_people,
+    build_postgres_people,
+    change_postgres_people,
+    copy_floor_seconds,
+    plan_in_subprocess,
+    print_table,
+    recreate,
+    timed_run,
+)
+from connectors.sources.postgres import PostgresSource  # noqa: E402
+from shared.db import transaction  # noqa: E402
+from shared.migrate import migrate  # noqa: E402
+from shared.services import connections, syncs  # noqa: E402
+from shared.services.auth import create_api_key  # noqa: E402
+from tests.fakes.base import Request, Response  # noqa: E402
+from tests.fakes.http_sink import FakeHttpSink  # noqa: E402
+from worker import mapping  # noqa: E402
+
+LATENCY_S = 0.05
+RECORDS_PER_REQUEST = 100
+ALLOWANCE_CONCURRENT = 32
+
+
+class TimedSink(FakeHttpSink):
+    """A receiver that answers each request after `delay_s` and notes when each arrived."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(results_path=None)
+        self.delay_s = delay_s
+        self.arrivals: list[float] = []
+        self._arrivals_lock = threading.Lock()
+
+    def handle(self, request: Request) -> Response:
+        with self._arrivals_lock:
+            self.arrivals.append(time.monotonic())
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return super().handle(request)
+
+
+def sync_to(workspace_id: str, source: tuple[str, dict], url: str, name: str,
+            destination: dict) -> str:
+    src = connections.create(workspace_id, "source", f"{name} source", *source)
+    dst = connections.create(workspace_id, "destination", f"{name} sink", "http",
+                             {"url": url, **destination})
+    return syncs.create(workspace_id, {
+        "name": name, "sourceId": src.record.id, "destinationId": dst.record.id,
+        "objectName": "records", "sourceQuery": PEOPLE, "fieldMappings": MAPPINGS,
+        "syncMode": "upsert",
+    }).id
+
+
+def planning_seconds(run_id: str) -> float:
+    """From the run's creation to its last batch stored."""
+    with transaction() as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM max(b.enqueued_at) - r.created_at)"
+            " FROM run_batches b JOIN runs r ON r.id = b.run_id WHERE b.run_id = %s"
+            " GROUP BY r.created_at", (run_id,),
+        ).fetchone()
+    return float(row[0])
+
+
+FLEETS = [("one worker, concurrency 2", [2]),
+          ("+ a worker of concurrency 8", [2, 8]),
+          ("+ two workers of concurrency 8", [2, 8, 8])]
+
+
+def bench_fleet(rows: int, workspace_id: str, workdir: Path) -> list[Row]:
+    path = str(workdir / "fleet.duckdb")
+    build_duckdb_people(path, rows)
+    requests_needed = -(-rows // RECORDS_PER_REQUEST)
+    table = []
+    with TimedSink(LATENCY_S) as sink:
+        workers: list[CeleryWorker] = []
+        try:
+            for index, (label, sizes) in enumerate(FLEETS):
+                while len(workers) < len(sizes):
+                    workers.append(CeleryWorker(workdir / f"worker-{len(workers)}.log",
+                                                sizes[len(workers)]))
+                processes = sum(sizes)
+                sink.store.clear()
+                sync_id = sync_to(workspace_id, ("duckdb", {"path": path}), sink.url,
+                                  f"fleet-{index}", {
+                                      "batchSize": RECORDS_PER_REQUEST,
+                                      "maxConcurrency": ALLOWANCE_CONCURRENT,
+                                      "rateLimitPerSecond": 100_000})
+                took, _, written, run_id = timed_run(workspace_id, sync_id)
+                assert written == rows and len(sink.store) == rows, (written, len(sink.store))
+                plan_s = planning_seconds(run_id)
+                bound = plan_s + requests_needed * LATENCY_S / min(processes, ALLOWANCE_CONCURRENT)
+                table.append(Row(
+                    f"{rows:,} rows, {LATENCY_S * 1000:.0f} ms a request: {label}"
+                    f" ({processes} processes)", f"{took:.2f} s",
+                    "≤ 1.5× bound" if processes > 2 else "",
+                    f"bound {bound:.2f} s (planning {plan_s:.2f} s + {requests_needed} requests ×"
+                    f" {LATENCY_S * 1000:.0f} ms / {min(processes, ALLOWANCE_CONCURRENT)});"
+                    f" {took / bound:.2f}× the bound",
+                ))
+        finally:
+            for worker in workers:
+                worker.stop()
+    return table
+
+
+def busiest_window(arrivals: list[float], seconds: float) -> int:
+    times = sorted(arrivals)
+    return max(bisect.bisect_left(times, t + seconds) - i for i, t in enumerate(times))
+
+
+def bench_window(workspace_id: str, workdir: Path, limit: int, per_seconds: float,
+                 requests_sent: int) -> list[Row]:
+    rows = requests_sent * 10
+    path = str(workdir / "window.duckdb")
+    build_duckdb_people(path, rows)
+    with TimedSink() as sink:
+        workers = [CeleryWorker(workdir / f"window-{n}.log", 4) for n in range(2)]
+        try:
+            sync_id = sync_to(workspace_id, ("duckdb", {"path": path}), sink.url, "window", {
+                "batchSize": 10, "rateLimit": {"requests": limit, "perSeconds": per_seconds}})
+            took, _, written, _ = timed_run(workspace_id, sync_id)
+        finally:
+            for worker in workers:
+                worker.stop()
+    assert written == rows
+    busiest = busiest_window(sink.arrivals, per_seconds)
+    mean = len(sink.arrivals) / (max(sink.arrivals) - min(sink.arrivals)) * per_seconds
+    return [Row(f"busiest {per_seconds:g}-s window, limit {limit} per {per_seconds:g} s,"
+                " 2 workers × 4", f"{busiest} requests", f"≤ {limit}",
+                f"{len(sink.arrivals)} requests in {took:.1f} s, mean {mean:.1f} per window")]
+
+
+def seed_snapshot(sync_id: str, rows: int) -> None:
+    """The snapshot a first run would leave, written straight from the source's own key and
+    hash stream (a first run of ten million rows through a receiver would take minutes)."""
+    source = PostgresSource({"url": _url(WAREHOUSE_DB)})
+    columns = source.columns(PEOPLE)
+    plan = mapping.plan_for(MAPPINGS, columns, object_name="records", mode="upsert")
+    with psycopg.connect(_url(STATE_DB)) as conn:
+        with conn.cursor().copy(
+            "COPY sync_snapshots (sync_id, record_key, content_hash) FROM STDIN"
+        ) as copy:
+            for chunk in source.stream_key_hashes(PEOPLE, plan.key_column, plan.read_columns,
+                                                  salt=plan.fingerprint):
+                for key, content_hash in chunk:
+                    copy.write_row((sync_id, key, content_hash))
+    source.close()
+
+
+def bench_big_plan(rows: int, workspace_id: str) -> list[Row]:
+    print(f"building a {rows:,}-row Postgres table…", file=sys.stderr)
+    build_postgres_people(rows)
+    with TimedSink() as sink:
+        sync_id = sync_to(workspace_id, ("postgres", {"url": _url(WAREHOUSE_DB)}), sink.url,
+                          "big", {"batchSize": 1000, "rateLimitPerSecond": 100_000})
+        seed_snapshot(sync_id, rows)
+        changed = change_postgres_people(0.01)
+        result = plan_in_subprocess(workspace_id, sync_id)
+        assert result["status"] == "succeeded", result
+        sent = sum(len(b.records) for b in sink.received)
+    floor = copy_floor_seconds()
+    return [
+        Row(f"plan, {rows:,} rows, 1% changed", f"{result['plan_s']:.1f} s", "",
+            f"{changed:,} changed, {sent:,} sent"),
+        Row("  ratio to COPY (query) TO STDOUT", f"{result['plan_s'] / floor:.1f}×", "≤ 3×",
+            f"COPY floor {floor:.2f} s"),
+        Row("  peak RSS of the worker (plan + writes)", f"{result['peak_rss_mb']:.0f} MB",
+            "< 400 MB"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fleet-rows", type=int, default=20_000)
+    parser.add_argument("--window-requests", type=int, default=120)
+    parser.add_argument("--plan-rows", type=int, default=10_000_000)
+    parser.add_argument("--skip-fleet", action="store_true")
+    parser.add_argument("--skip-window", action="store_true")
+    parser.add_argument("--skip-plan", action="store_true")
+    args = parser.parse_args()
+
+    recreate(STATE_DB)
+    recreate(WAREHOUSE_DB)
+    migrate(_url(STATE_DB))
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    workspace_id = create_api_key("bench").workspace_id
+    table: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="retl-scale-") as tmp:
+        if not args.skip_fleet:
+            table += bench_fleet(args.fleet_rows, workspace_id, Path(tmp))
+        if not args.skip_window:
+            table += bench_window(workspace_id, Path(tmp), 20, 1.0, args.window_requests)
+        if not args.skip_plan:
+            table += bench_big_plan(args.plan_rows, workspace_id)
+    print_table(table)
+
+
+if __name__ == "__main__":
+    main()
