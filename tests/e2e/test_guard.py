@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from shared import queue
 from shared.db import transaction
+from shared.repositories import engine as repo
 from shared.services import syncs
 from tests.conftest import bearer
 from tests.e2e.conftest import API, EngineDriver, Warehouse, get_run
@@ -260,3 +261,28 @@ def test_the_guard_is_validated_and_shown_on_the_sync(
     document = client.get("/api/openapi.json").get_json()
     assert "/api/reverse-etl/runs/{id}/approve" in document["paths"]
     assert "held" in document["components"]["schemas"]["RunAttributes"]["properties"]["status"]["enum"]
+
+
+def _held_batches(run_id: str) -> int:
+    with transaction() as conn:
+        return conn.execute(
+            "SELECT count(*) FROM held_batches WHERE run_id = %s", (run_id,)
+        ).fetchone()[0]
+
+
+def test_staging_is_purged_of_a_held_plan_only_once_a_newer_run_started(
+    driver: EngineDriver, account: Any, warehouse: Warehouse, sink: FakeHttpSink
+) -> None:
+    setup = _sync(account, warehouse, sink, guard={"maxRemovedPercent": 20}, count=10)
+    driver.run(setup)
+    warehouse.execute("DELETE FROM warehouse.people WHERE id > 2")
+    old = driver.run(setup)
+    with transaction() as conn:
+        repo.purge_finished_staging(conn, 0)
+    assert _held_batches(old.id) == 1  # it may still be approved
+
+    newer = driver.run(setup)
+    with transaction() as conn:
+        repo.purge_finished_staging(conn, 0)
+
+    assert (_held_batches(old.id), _held_batches(newer.id)) == (0, 1)
