@@ -202,6 +202,19 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
         source.close()
 
 
+def _hash_options(context: RunContext, source: Source) -> dict[str, Any]:
+    """`fast=True` when the source hashes typed values (`fast_hashes`) and the sync's snapshot
+    does not hold md5 hashes from before: a snapshot keeps the kind it was written with until a
+    full refresh rewrites it, so upgrading never makes every record look changed."""
+    if not getattr(type(source), "fast_hashes", False):
+        return {}
+    if not context.lease.full_refresh:
+        with transaction() as conn:
+            if repo.snapshot_holds_md5(conn, context.sync.id):
+                return {}
+    return {"fast": True}
+
+
 def _salted(source: Source) -> bool:
     return bool(getattr(type(source), "hashes_take_salt", False))
 
@@ -250,7 +263,7 @@ def _pack_in_one_pass(
             chunks = closing(source.stream_rows_with_hashes(
                 sync.source_query, plan.key_column, plan.read_columns,
                 max(1, min(ROW_CHUNK, packer.size)), salt=plan.fingerprint,
-                **_value_forms(source, builder),
+                **_value_forms(source, builder), **_hash_options(context, source),
             ))
             build = builder.for_offset(2).build  # rows are (key, hash, *columns)
             add_row = packer.add_row
@@ -297,7 +310,7 @@ def _diff(
         if salted:
             chunks = source.stream_key_hashes(
                 sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK,
-                salt=plan.fingerprint,
+                salt=plan.fingerprint, **_hash_options(context, source),
             )
         else:
             chunks = source.stream_key_hashes(

@@ -18,6 +18,9 @@ class Source(ABC):
     - `hashes_take_salt`: `stream_key_hashes` (and `stream_rows_with_hashes`) accept the keyword
       `salt` (the mapping fingerprint) and hash it in, so hashes compare with the snapshot as
       they are. Without it the engine salts the staged hashes itself.
+    - `fast_hashes`: `stream_key_hashes` and `stream_rows_with_hashes` accept `fast=True` and
+      then hash the row's typed values with a cheaper 64-bit hash (a different form from the
+      default md5: the engine uses it only where the snapshot does not hold md5 hashes).
     - `stream_rows_for_keys`: the full rows of only the keys asked for, filtered in the source.
       Without it (`filters_keys` False) the engine filters the plain `stream`.
     - `stream_rows_with_hashes` (`streams_rows_with_hashes` True): key, salted hash and the rows
@@ -33,6 +36,7 @@ class Source(ABC):
     label: ClassVar[str]
     config_fields: ClassVar[tuple[ConfigField, ...]] = ()
     hashes_take_salt: ClassVar[bool] = False
+    fast_hashes: ClassVar[bool] = False
     streams_rows_with_hashes: ClassVar[bool] = False
     reads_json_forms: ClassVar[bool] = False
 

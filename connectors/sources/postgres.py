@@ -3,6 +3,7 @@ streamed through a server-side cursor; key text and content hashes are computed 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -45,6 +46,21 @@ def _failure(query: str, exc: psycopg.Error) -> ConnectorError:
     return ConnectorError(f"the source query failed: {detail}")
 
 
+# Types whose values Postgres hashes by value (the same functions hash partitioning relies on,
+# kept stable across versions): bool, bytea, "char", name, int8, int2, int4, text, oid, inet,
+# float4, float8, macaddr, bpchar, varchar, date, time, timestamp, timestamptz, interval,
+# timetz, numeric, uuid, jsonb. Columns of other types are hashed as their text.
+_VALUE_HASHED_TYPES = frozenset(
+    {16, 17, 18, 19, 20, 21, 23, 25, 26, 869, 700, 701, 829, 1042, 1043, 1082, 1083, 1114,
+     1184, 1186, 1266, 1700, 2950, 3802}
+)
+
+
+def _seed(salt: str) -> int:
+    """The salt as the 64-bit seed of Postgres's extended hash functions."""
+    return int.from_bytes(hashlib.md5(salt.encode()).digest()[:8], "big", signed=True)
+
+
 class PostgresSource(Source):
     type: ClassVar[str] = "postgres"
     label: ClassVar[str] = "PostgreSQL"
@@ -52,6 +68,9 @@ class PostgresSource(Source):
     # source's hashes with the snapshot as they are.
     hashes_take_salt: ClassVar[bool] = True
     streams_rows_with_hashes: ClassVar[bool] = True
+    # ... and `fast=True`: a 64-bit hash of the typed values (hash_record_extended) instead of
+    # md5 over the row's text, about a third of the source's work.
+    fast_hashes: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "url", required=True, secret=True,
@@ -62,6 +81,8 @@ class PostgresSource(Source):
     def __init__(self, config: dict[str, Any], **options: Any) -> None:
         super().__init__(config, **options)
         self._streaming: set[psycopg.Connection] = set()
+        # Column name → type oid of each query `columns` has described.
+        self._column_types: dict[str, dict[str, int]] = {}
         self.url = str(config.get("url") or "")
         if not self.url.startswith(("postgres://", "postgresql://")):
             raise ConnectorError("config url must be a postgresql:// URL")
@@ -132,7 +153,9 @@ class PostgresSource(Source):
             cur = conn.execute(
                 sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)), prepare=True
             )
-            return [column.name for column in cur.description or []]
+            described = cur.description or []
+            self._column_types[query] = {c.name: c.type_code for c in described}
+            return [column.name for column in described]
         except psycopg.Error as exc:
             raise _failure(query, exc) from None
         finally:
@@ -145,13 +168,13 @@ class PostgresSource(Source):
 
     def stream_key_hashes(
         self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 50_000,
-        *, salt: str = "",
+        *, salt: str = "", fast: bool = False,
     ) -> Iterator[list[tuple[Any, str]]]:
-        """(key as text, md5 of the row's `columns` followed by `salt`). Without a key column
-        the unsalted hash is the key."""
+        """(key as text, md5 of the row's `columns` followed by `salt`, or with `fast` their
+        typed 64-bit hash seeded by `salt`). Without a key column the unsalted md5 is the key."""
         statement = sql.SQL("SELECT {}, {} FROM {}").format(
-            self._key_expression(key_column, columns), self._hash_expression(columns, salt),
-            self._wrapped(query),
+            self._key_expression(key_column, columns),
+            self._content_hash(query, columns, salt, fast), self._wrapped(query),
         )
         yield from self._run(query, statement, chunk_size=chunk_size)
 
@@ -177,18 +200,36 @@ class PostgresSource(Source):
 
     def stream_rows_with_hashes(
         self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 10_000,
-        *, salt: str = "",
+        *, salt: str = "", fast: bool = False,
     ) -> Iterator[list[tuple]]:
-        """(key text, md5 of `columns` and `salt`, *columns) per row: one read for runs that send
-        every row, with the key and the hash as stream_key_hashes computes them."""
+        """(key text, content hash, *columns) per row: one read for runs that send every row,
+        with the key and the hash as stream_key_hashes computes them."""
         selected = [
-            self._key_expression(key_column, columns), self._hash_expression(columns, salt),
+            self._key_expression(key_column, columns),
+            self._content_hash(query, columns, salt, fast),
             *(sql.Identifier("q", c) for c in columns),
         ]
         statement = sql.SQL("SELECT {} FROM {}").format(
             sql.SQL(", ").join(selected), self._wrapped(query)
         )
         yield from self._run(query, statement, chunk_size=chunk_size)
+
+    def _content_hash(self, query: str, columns: list[str], salt: str, fast: bool) -> sql.Composable:
+        if not fast:
+            return self._hash_expression(columns, salt)
+        types = self._column_types.get(query)
+        if types is None:
+            self.columns(query)
+            types = self._column_types[query]
+        values = [
+            sql.Identifier("q", c) if types.get(c) in _VALUE_HASHED_TYPES
+            else sql.SQL("{}::text").format(sql.Identifier("q", c))
+            for c in columns
+        ]
+        # The column count is hashed in, so (a, NULL) and (a) never meet.
+        return sql.SQL("hash_record_extended(row({}, {}), {})::text").format(
+            sql.SQL(", ").join(values), sql.Literal(len(columns)), sql.Literal(_seed(salt))
+        )
 
     @staticmethod
     def _hash_expression(columns: list[str], salt: str = "") -> sql.Composable:

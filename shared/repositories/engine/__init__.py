@@ -79,6 +79,7 @@ from shared.repositories.engine.planning import (  # noqa: F401
     set_plan_counts,
     set_removed,
     set_rows_read,
+    snapshot_holds_md5,
     snapshot_is_empty,
     stage_rejects,
     stage_removed,

@@ -176,6 +176,16 @@ def snapshot_is_empty(conn: psycopg.Connection, sync_id: str) -> bool:
     return bool(row[0])
 
 
+def snapshot_holds_md5(conn: psycopg.Connection, sync_id: str) -> bool:
+    """Whether the sync's snapshot holds md5 hashes (32 hex characters), as every snapshot
+    written before sources hashed typed values does (one row, by the primary key, decides)."""
+    row = conn.execute(
+        "SELECT length(content_hash) = 32 FROM sync_snapshots WHERE sync_id = %s"
+        " ORDER BY record_key LIMIT 1", (sync_id,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def mark_snapshot_empty(conn: psycopg.Connection, run_id: str) -> None:
     """The sync's snapshot was empty when this run was planned: its one-pass batches hold
     records the snapshot has never seen (see `accept_batch`)."""
