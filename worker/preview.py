@@ -104,9 +104,12 @@ def _preview(sync: syncs.Sync, sample: int) -> Preview:
         )
         fields = planner._discover_fields(destination, sync.object_name)
         builder = mapping.RecordBuilder(plan, destination, fields)
+        # Planned as a run of the sync that is neither a full refresh nor a replay would be.
+        lease = repo.Lease(ids.new_id("retl_preview"), sync.id, sync.workspace_id, 0, False, None)
+        context = planner.RunContext(lease, sync, source_record, destination_record)
         with closing(db.connect()) as pg:
             try:
-                return _plan(pg, sync, source, plan, builder, sample, budget)
+                return _plan(pg, context, source, plan, builder, sample, budget)
             except psycopg.errors.QueryCanceled:
                 raise PreviewLimit(
                     f"the preview took longer than {budget.seconds:g} s (RETL_PREVIEW_SECONDS)"
@@ -127,17 +130,18 @@ def _preview(sync: syncs.Sync, sample: int) -> Preview:
 
 
 def _plan(
-    pg: psycopg.Connection, sync: syncs.Sync, source: Source, plan: mapping.Plan,
+    pg: psycopg.Connection, context: planner.RunContext, source: Source, plan: mapping.Plan,
     builder: mapping.RecordBuilder, sample: int, budget: _Budget,
 ) -> Preview:
     """Stage, diff and map as a run does, in `pg`'s transaction (the caller rolls it back)."""
-    preview_id = ids.new_id("retl_preview")  # its staging never meets a run's, nor another's
+    sync = context.sync
+    preview_id = context.run_id  # its staging never meets a run's, nor another preview's
     mode = sync.sync_mode
     pg.execute("SELECT set_config('statement_timeout', %s, true)",
                (str(int(budget.seconds * 1000)),))
     repo.create_stage(pg)
     salted = planner._salted(source)
-    salt = {"salt": plan.fingerprint} if salted else {}
+    salt = {"salt": plan.fingerprint, **planner._hash_options(context, source)} if salted else {}
     chunks = source.stream_key_hashes(
         sync.source_query, plan.key_column, plan.read_columns,
         min(planner.HASH_CHUNK, budget.max_rows + 1), **salt,  # the cap is checked per chunk
