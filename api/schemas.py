@@ -12,7 +12,7 @@ from shared import schedules
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.services.syncs import MODES, MODES_NEEDING_KEY
 from shared.settings import get_settings
-from shared.templates import compile_template
+from shared.templates import check_template
 
 NAME = validate.Length(min=1, max=200)
 ID = validate.Length(min=1, max=100)
@@ -67,8 +67,8 @@ class FieldMappingSchema(Strict):
             raise ValidationError("a key mapping takes its value from a source column", "key")
         if "template" in data:
             try:
-                compile_template(data["template"])
-            except Exception as exc:  # syntax, unknown filter, refused constant: the client's
+                check_template(data["template"])
+            except Exception as exc:  # syntax, unknown filter, over a limit: the client's
                 raise ValidationError(f"not a valid template: {exc}", "template") from None
 
 

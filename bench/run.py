@@ -41,6 +41,8 @@ os.environ.update(
     RETL_SECRET_KEY=os.environ.get("RETL_SECRET_KEY", "bench-secret-key"),
     RETL_QUEUE="retl-bench",
     RETL_LOG_LEVEL="WARNING",
+    # The benchmark's warehouse is its own database on a local server, read as its owner.
+    RETL_ALLOW_PRIVILEGED_SOURCES="1",
 )
 
 import duckdb  # noqa: E402

@@ -13,6 +13,12 @@ class CastError(ValueError):
     """A value that cannot be turned into the field's type."""
 
 
+class OutOfRangeValue(str):
+    """A date or time the source holds and Python cannot (±infinity, a year past 9999), as the
+    source's text. Cast to a date or a number, or given a JSON form, it fails its record with
+    MAPPING; it never fails the run that read it."""
+
+
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 

@@ -36,3 +36,9 @@ class RetryableError(ConnectorError):
 
 class UnsupportedMode(ConnectorError):
     code = "MAPPING"
+
+
+class PrivilegedRoleError(ConnectorError):
+    """A source's credentials can do more than read (a superuser, a role that reads or writes
+    the server's files, runs programs or signals other sessions): refused, with what to grant
+    instead."""

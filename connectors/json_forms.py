@@ -11,6 +11,8 @@ import datetime as dt
 import decimal
 from typing import Any
 
+from connectors.casting import CastError, OutOfRangeValue
+
 
 def json_datetime(value: dt.datetime) -> str:
     if value.tzinfo is None:
@@ -29,10 +31,15 @@ def json_decimal(value: decimal.Decimal) -> int | float:
     return float(value)
 
 
+def _out_of_range(value: OutOfRangeValue) -> Any:
+    raise CastError(f"the source's value {str(value)!r} is not a date or time a destination takes")
+
+
 _FORMS: dict[type, Any] = {
     dt.datetime: json_datetime,
     dt.date: dt.date.isoformat,
     decimal.Decimal: json_decimal,
+    OutOfRangeValue: _out_of_range,
 }
 
 

@@ -26,6 +26,9 @@ class Settings:
     log_level: str
     queue: str
     duckdb_directories: tuple[str, ...]
+    allow_privileged_sources: bool = False
+    duckdb_memory_limit: str = "1GB"
+    duckdb_threads: int = 2
 
     @property
     def control_queue(self) -> str:
@@ -70,4 +73,7 @@ def get_settings() -> Settings:
         duckdb_directories=tuple(
             d for d in os.environ.get("RETL_DUCKDB_DIRECTORIES", "").split(os.pathsep) if d
         ),
+        allow_privileged_sources=os.environ.get("RETL_ALLOW_PRIVILEGED_SOURCES", "") == "1",
+        duckdb_memory_limit=os.environ.get("RETL_DUCKDB_MEMORY_LIMIT") or "1GB",
+        duckdb_threads=int(_float("RETL_DUCKDB_THREADS", 2)),
     )

@@ -38,6 +38,13 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def reader_url(database_url: str) -> str:
+    """The test database as a source should see it: as a role that can only read (the
+    database's later tables included)."""
+    return services.reader_url(database_url)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     return _redis_url()
 

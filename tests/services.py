@@ -74,3 +74,31 @@ def recreate_database(name: str) -> str:
 def drop_database(name: str) -> None:
     with psycopg.connect(admin_database_url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# A role that can only read: the tests' Postgres sources connect as it, as the README
+# recommends, since a superuser source is refused.
+READER_ROLE = "retl_test_reader"
+
+
+def as_role(url: str, role: str) -> str:
+    """`url` connecting as `role` (no password: the test server trusts local connections)."""
+    head, _, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{head}://{role}@{host}{slash}{tail}"
+
+
+def reader_url(url: str) -> str:
+    """Create the reader role (once per server: several test processes share it), let it read
+    every schema, table and sequence created in the database of `url` from now on, and answer
+    `url` connecting as the reader."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            conn.execute(f"CREATE ROLE {READER_ROLE} LOGIN")
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            pass  # another test process created it first
+        conn.execute(f"ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO {READER_ROLE}")
+        conn.execute(f"ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO {READER_ROLE}")
+        conn.execute(f"ALTER DEFAULT PRIVILEGES GRANT USAGE, SELECT ON SEQUENCES TO {READER_ROLE}")
+    return as_role(url, READER_ROLE)

@@ -13,7 +13,7 @@ from typing import Any
 from connectors.casting import CastError, cast_value
 from connectors.destinations.base import Destination, DestinationField
 from connectors.json_forms import json_value
-from shared.templates import compile_template
+from shared.templates import compile_template, render
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,10 @@ class RecordBuilder:
 
     def _build_plain_json(self, row: tuple) -> dict[str, Any]:
         form = self._json_form
-        values = [v if type(v) in _JSON_TYPES else form(v) for v in self._pick(row)]  # type: ignore[misc]
+        try:
+            values = [v if type(v) in _JSON_TYPES else form(v) for v in self._pick(row)]  # type: ignore[misc]
+        except CastError as exc:
+            raise RecordMappingError(str(exc)) from None
         return dict(zip(self._names, values, strict=True))  # type: ignore[arg-type]
 
     def build(self, row: tuple) -> dict[str, Any]:
@@ -176,7 +179,7 @@ class RecordBuilder:
                 value = row[how]
             elif kind == "template":
                 try:
-                    value = how.render(context)
+                    value = render(how, context)
                 except Exception as exc:  # a template's failure is its row's, never the run's
                     raise RecordMappingError(f"template for {name!r} failed: {exc}") from None
             else:
@@ -187,6 +190,9 @@ class RecordBuilder:
                 except CastError as exc:
                     raise RecordMappingError(f"field {name!r}: {exc}") from None
             if self._json_form is not None and type(value) not in _JSON_TYPES:
-                value = self._json_form(value)
+                try:
+                    value = self._json_form(value)
+                except CastError as exc:
+                    raise RecordMappingError(f"field {name!r}: {exc}") from None
             record[name] = value
         return record

@@ -12,7 +12,8 @@ import logging
 import pickle
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +22,10 @@ import psycopg
 
 from connectors.destinations.base import Destination, DestinationField
 from connectors.errors import AuthError, ConnectorError, RetryableError
-from connectors.sources.base import Source
+from connectors.sources.base import QueryCancelled, Source
 from shared import db, guards
 from shared.db import transaction
-from shared.repositories import connections, syncs
+from shared.repositories import connections, runs, syncs
 from shared.repositories import engine as repo
 from shared.repositories.engine import LeaseLost
 from shared.services.connections import open_connector
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 HASH_CHUNK = 50_000
 ROW_CHUNK = 10_000
+# How often a planner looks for a cancel of its run (between lease renewals).
+CANCEL_POLL_S = 1.0
 
 
 class RunFailed(Exception):
@@ -63,7 +66,9 @@ class RunHeld(Exception):
 
 
 class Heartbeat:
-    """Renews the planner's lease in the background; the planner checks it between chunks."""
+    """Renews the planner's lease in the background and watches for a cancel: the planner
+    checks it between chunks, and a source query running meanwhile is stopped at once by the
+    callbacks given to `when_cancelled`."""
 
     def __init__(self, run_id: str, token: int) -> None:
         settings = get_settings()
@@ -73,6 +78,8 @@ class Heartbeat:
         self.every_s = min(settings.heartbeat_seconds, settings.lease_seconds / 3)
         self.lost = threading.Event()
         self.cancel = threading.Event()
+        self._on_cancel: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run_id}", daemon=True)
 
@@ -85,18 +92,42 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
+        beat_at = time.monotonic() + self.every_s
+        while not self._stop.wait(max(0.0, min(CANCEL_POLL_S, beat_at - time.monotonic()))):
             try:
                 with transaction() as conn:
-                    answer = repo.heartbeat(conn, self.run_id, self.token, self.lease_s)
+                    if time.monotonic() < beat_at:
+                        answer: bool | None = runs.cancel_requested(conn, self.run_id)
+                    else:
+                        beat_at = time.monotonic() + self.every_s
+                        answer = repo.heartbeat(conn, self.run_id, self.token, self.lease_s)
             except psycopg.Error as exc:  # a blip: the next beat tries again, within the lease
                 log.warning("heartbeat of %s failed: %s", self.run_id, exc)
                 continue
             if answer is None:
                 self.lost.set()
                 return
-            if answer:
-                self.cancel.set()
+            if answer and not self.cancel.is_set():
+                self._cancelled()
+
+    def _cancelled(self) -> None:
+        with self._lock:
+            self.cancel.set()
+            callbacks, self._on_cancel = self._on_cancel, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # the planner still stops at its next check
+                log.exception("run %s: stopping its work on cancel failed", self.run_id)
+
+    def when_cancelled(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the heartbeat's thread) once a cancel is seen; at once if it
+        was seen already."""
+        with self._lock:
+            if not self.cancel.is_set():
+                self._on_cancel.append(callback)
+                return
+        callback()
 
     def check(self) -> None:
         if self.lost.is_set():
@@ -164,6 +195,8 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
         source = open_connector(context.source_record)
     except ConnectorError as exc:
         raise RunFailed(f"the source cannot be opened: {exc.message}") from None
+    # A cancel stops the source query running at that moment, not only the next chunk.
+    heartbeat.when_cancelled(source.interrupt)
     destination, _ = destination_for(context.destination_record)
     try:
         try:
@@ -197,6 +230,8 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
             raise RunHeld(held, packer.batches)
         return packer.batches
     except ConnectorError as exc:
+        if isinstance(exc, QueryCancelled) or heartbeat.cancel.is_set():
+            raise RunCancelled(context.run_id) from None
         raise RunFailed(exc.message, auth=isinstance(exc, AuthError)) from None
     finally:
         source.close()

@@ -73,7 +73,7 @@ def execute_run(run_id: str) -> float | None:
     except LeaseLost:
         log.warning("run %s: lease lost while planning; its new holder carries on", run_id)
     except RunCancelled:
-        _end_early(lease, "cancelled", None)
+        _stop_planning_cancelled(lease)
     except RunHeld as exc:
         _hold(lease, exc)
     except RunFailed as exc:
@@ -101,6 +101,29 @@ def _help_followers(run_id: str, token: int) -> None:
         log.exception("run %s: writing its last batches after planning failed", run_id)
 
 
+def _stop_planning_cancelled(lease: repo.Lease) -> None:
+    """A cancel stopped the planner: the batches stored so far are all the run has. A batch
+    being written is recorded as usual (counted, and in the snapshot); the others are skipped
+    at their claim (it answers `stop`), here at once rather than when their messages come;
+    the last one to finish ends the run `cancelled`."""
+    run_id, token = lease.run_id, lease.fencing_token
+    try:
+        with transaction() as conn:
+            repo.fence(conn, run_id, token)
+            progress = repo.planning_done(conn, run_id, runs.stored_batches(conn, run_id))
+    except LeaseLost:
+        log.warning("run %s: lease lost while stopping on a cancel", run_id)
+        return
+    if progress.complete:
+        finalize(run_id, token)
+        return
+    taker = _Taker(run_id, token, dispatch.worker_id(), get_settings().lease_seconds)
+    try:
+        taker.take_all()
+    except Exception:  # the skipped batches' claims run out and the reaper hands them on
+        log.exception("run %s: skipping its batches after a cancel failed", run_id)
+
+
 def lease_destination(lease: repo.Lease) -> str:
     with transaction() as conn:
         return syncs.get_by_id(conn, lease.sync_id).destination_id
@@ -109,7 +132,10 @@ def lease_destination(lease: repo.Lease) -> str:
 def _end_early(lease: repo.Lease, status: str, error: str | None) -> None:
     try:
         with transaction() as conn:
-            repo.fence(conn, lease.run_id, lease.fencing_token, durable=True)
+            if repo.fence(conn, lease.run_id, lease.fencing_token, durable=True):
+                # Cancelled: whatever stopped the planner meanwhile (the cancel interrupting
+                # its source query, say), the run ends as its user asked.
+                status, error = "cancelled", None
             repo.end_run(conn, lease.run_id, lease.fencing_token, status, error)
     except LeaseLost:
         log.warning("run %s ended elsewhere before it could be marked %s", lease.run_id, status)

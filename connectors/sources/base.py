@@ -2,11 +2,79 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from connectors.destinations.base import ConfigField
+from connectors.errors import ConnectorError
+
+log = logging.getLogger(__name__)
+
+# After its deadline (or a cancel), a query still running is cancelled again this often: a
+# cancel that reaches the server between two fetches finds nothing to cancel.
+CANCEL_AGAIN_S = 1.0
+
+
+class QueryCancelled(ConnectorError):
+    """The source query was stopped because its run was cancelled."""
+
+
+class QueryWatch:
+    """Stops one source query from retl's side, whatever the query itself set: `cancel` (the
+    driver's cancel of the running statement) is called when `timeout_s` has passed, or at
+    once on `interrupt`, and again every CANCEL_AGAIN_S until the query is closed. A thread
+    of its own does it, so a query blocked in the driver is stopped too. The reader calls
+    `check` between fetches, and `error` to word a failure that a cancel caused."""
+
+    def __init__(self, timeout_s: float, cancel: Callable[[], None]) -> None:
+        self.timeout_s = timeout_s
+        self.expired = False
+        self.interrupted = False
+        self._cancel = cancel
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="source-deadline", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        self._wake.wait(self.timeout_s)
+        if self._done.is_set():
+            return
+        self.expired = not self.interrupted
+        while not self._done.is_set():
+            try:
+                self._cancel()
+            except Exception as exc:  # the connection is closing: the next check says why
+                log.debug("cancelling a source query failed: %s", exc)
+            self._done.wait(CANCEL_AGAIN_S)
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        self._wake.set()
+
+    def close(self) -> None:
+        self._done.set()
+        self._wake.set()
+
+    def error(self) -> ConnectorError | None:
+        """Why the query was stopped, if it was."""
+        if self.interrupted:
+            return QueryCancelled("the source query was cancelled with its run")
+        if self.expired:
+            return ConnectorError(
+                f"the source query ran past its time limit of {self.timeout_s:g} s"
+                " (RETL_SOURCE_STATEMENT_TIMEOUT)", code="TIMEOUT",
+            )
+        return None
+
+    def check(self) -> None:
+        error = self.error()
+        if error is not None:
+            raise error
 
 
 class Source(ABC):
@@ -42,13 +110,52 @@ class Source(ABC):
 
     def __init__(
         self, config: dict[str, Any], *, statement_timeout_s: float = 1800,
-        allowed_directories: tuple[str, ...] = (),
+        allowed_directories: tuple[str, ...] = (), allow_privileged: bool = False,
+        memory_limit: str | None = None, threads: int | None = None,
     ) -> None:
-        """`allowed_directories`: for sources that read local files, the only folders they may
-        read (the operator's setting, never the workspace's config); empty means none."""
+        """`statement_timeout_s`: the wall-clock limit of every query, enforced by `watch`.
+        `allowed_directories`: for sources that read local files, the only folders they may
+        read (the operator's setting, never the workspace's config); empty means none.
+        `allow_privileged`: connect even as a role that can do more than read (a single-tenant
+        deployment's choice). `memory_limit` and `threads`: for sources that run queries in
+        the worker's own process, what one query may use."""
         self.config = config
         self.statement_timeout_s = statement_timeout_s
         self.allowed_directories = allowed_directories
+        self.allow_privileged = allow_privileged
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self._watches: set[QueryWatch] = set()
+        self._watches_lock = threading.Lock()
+        self._interrupted = False
+
+    @contextmanager
+    def watch(self, cancel: Callable[[], None]) -> Iterator[QueryWatch]:
+        """A QueryWatch over one query, stopped with the others by `interrupt`."""
+        if self._interrupted:
+            raise QueryCancelled("the source query was cancelled with its run")
+        watch = QueryWatch(self.statement_timeout_s, cancel)
+        with self._watches_lock:
+            self._watches.add(watch)
+        try:
+            yield watch
+        finally:
+            watch.close()
+            with self._watches_lock:
+                self._watches.discard(watch)
+
+    def interrupt(self) -> None:
+        """Stop every query of this source now, from any thread (a cancelled run); later
+        queries are refused."""
+        self._interrupted = True
+        with self._watches_lock:
+            watches = list(self._watches)
+        for watch in watches:
+            watch.interrupt()
+
+    def check_least_privilege(self) -> None:  # noqa: B027 - optional; most sources have no roles
+        """Raise PrivilegedRoleError when the configured credentials can do more than read
+        (unless `allow_privileged`); ConnectorError when the source cannot be reached."""
 
     @abstractmethod
     def test(self) -> None:

@@ -1,5 +1,6 @@
 """DuckDB source: a database file opened read-only, or `:memory:` over parquet/CSV paths named in
-the query. Only a single SELECT runs; a timer interrupts a query past the statement timeout."""
+the query. Only a single SELECT runs, within the operator's memory and thread limits; a query is
+interrupted at its deadline, or when its run is cancelled."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import decimal
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -195,6 +195,12 @@ class DuckDbSource(Source):
         lift that: a workspace's query must never read the worker's own files or environment."""
         if self._directories:
             conn.execute("SET allowed_directories = ?", [self._directories])
+        # One run's query must not take the worker's memory or every core (DuckDB's defaults:
+        # 80% of the machine's memory, a thread per core).
+        if self.memory_limit:
+            conn.execute("SET memory_limit = ?", [self.memory_limit])
+        if self.threads:
+            conn.execute("SET threads = ?", [self.threads])
         conn.execute("SET enable_external_access = false")
         conn.execute("SET lock_configuration = true")
         return conn
@@ -235,34 +241,26 @@ class DuckDbSource(Source):
             )
         return text
 
-    @contextmanager
-    def _deadline(self, conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
-        """Interrupt the connection's query when the statement timeout passes."""
-        timer = threading.Timer(self.statement_timeout_s, conn.interrupt)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-
     def _run(self, query: str, statement: str, params: list | None = None,
              chunk_size: int = 10_000,
              rebuild: Callable[[list[tuple]], list[tuple]] | None = None) -> Iterator[list[tuple]]:
         conn = self._connect()
         try:
-            with self._deadline(conn):
+            with self.watch(conn.interrupt) as watch:
                 try:
                     result = conn.execute(statement, params)
-                    while chunk := result.fetchmany(chunk_size):
+                    while True:
+                        watch.check()
+                        chunk = result.fetchmany(chunk_size)
+                        if not chunk:
+                            break
                         yield chunk if rebuild is None else rebuild(chunk)
                 except duckdb.InterruptException:
-                    raise ConnectorError(
-                        f"the source query ran past the statement timeout of"
-                        f" {self.statement_timeout_s:g} s", code="TIMEOUT",
-                    ) from None
+                    raise (watch.error() or ConnectorError(
+                        "the source query was interrupted", code="TIMEOUT"
+                    )) from None
                 except duckdb.Error as exc:
-                    raise ConnectorError(f"the source query failed: {exc}") from None
+                    raise (watch.error() or ConnectorError(f"the source query failed: {exc}")) from None
         finally:
             conn.close()
 
@@ -284,11 +282,13 @@ class DuckDbSource(Source):
     def _bind(self, text: str) -> dict[str, str]:
         conn = self._connect()
         try:
-            # LIMIT 0: DuckDB binds the query and reports its columns without reading rows.
-            result = conn.execute(f"SELECT * FROM (\n{text}\n) AS q LIMIT 0")
-            return {column[0]: str(column[1]) for column in result.description}
-        except duckdb.Error as exc:
-            raise ConnectorError(f"the source query failed: {exc}") from None
+            with self.watch(conn.interrupt) as watch:
+                try:
+                    # LIMIT 0: DuckDB binds the query and reports its columns without reading.
+                    result = conn.execute(f"SELECT * FROM (\n{text}\n) AS q LIMIT 0")
+                    return {column[0]: str(column[1]) for column in result.description}
+                except duckdb.Error as exc:
+                    raise (watch.error() or ConnectorError(f"the source query failed: {exc}")) from None
         finally:
             conn.close()
 

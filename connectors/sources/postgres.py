@@ -1,5 +1,6 @@
-"""Postgres source: the sync's query runs in a read-only transaction with a statement timeout,
-streamed through a server-side cursor; key text and content hashes are computed by Postgres."""
+"""Postgres source: the sync's query runs in a read-only transaction, as a role that can only
+read, streamed through a server-side cursor and cancelled from retl's side at its deadline;
+key text and content hashes are computed by Postgres."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 
+from connectors.casting import OutOfRangeValue
 from connectors.destinations.base import ConfigField
-from connectors.errors import AuthError, ConnectorError
+from connectors.errors import AuthError, ConnectorError, PrivilegedRoleError
 from connectors.sources.base import Source
 
 # Statements a sync query may not be; named in the error so the user sees why it failed.
@@ -22,8 +26,59 @@ _WRITE_VERBS = frozenset(
 )
 
 
+# Roles that reach past the database's tables: the server's files, its programs, other
+# sessions. A source role holding one (or a superuser) could do all that from a SELECT.
+PRIVILEGED_ROLES = (
+    "pg_execute_server_program", "pg_read_server_files", "pg_signal_backend",
+    "pg_write_server_files",
+)
+
+
+def _lenient(connection: psycopg.Connection, type_name: str) -> None:
+    """Load `type_name` values as the connection would, but a value Python cannot hold
+    (`infinity`, a year past 9999) as an OutOfRangeValue: it fails its record, not the read."""
+    oid = connection.adapters.types[type_name].oid
+    strict = connection.adapters.get_loader(oid, Format.TEXT)
+
+    class LenientLoader(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._load = strict(oid, context).load
+
+        def load(self, data: Any) -> Any:
+            try:
+                return self._load(data)
+            except psycopg.DataError:
+                return OutOfRangeValue(bytes(data).decode())
+
+    connection.adapters.register_loader(oid, LenientLoader)
+
+
+def _end(conn: psycopg.Connection) -> None:
+    """Roll back and close; a late cancel from a query's watch may fail the rollback, and the
+    server rolls back a closed session's transaction anyway."""
+    try:
+        if not conn.closed:
+            conn.rollback()
+    except psycopg.Error:
+        pass
+    finally:
+        conn.close()
+
+
 def _strip(query: str) -> str:
     return query.strip().rstrip(";").strip()
+
+
+def _privileged_refusal(role: str, superuser: bool, held: list[str]) -> PrivilegedRoleError:
+    what = "is a superuser" if superuser else f"holds {', '.join(held)}"
+    return PrivilegedRoleError(
+        f"the source's role {role} {what}, which lets a query read or write the server's files,"
+        " run programs or stop other sessions; connect as a role that can only read the tables"
+        " the syncs need: CREATE ROLE retl_reader LOGIN PASSWORD '...'; GRANT USAGE ON SCHEMA"
+        " analytics TO retl_reader; GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO"
+        " retl_reader (or set RETL_ALLOW_PRIVILEGED_SOURCES=1 in a single-tenant deployment)"
+    )
 
 
 def _first_word(query: str) -> str:
@@ -98,33 +153,55 @@ class PostgresSource(Source):
             if "password authentication failed" in message or "role" in message:
                 raise AuthError(f"the source refused the credentials: {message}") from None
             raise ConnectorError(f"cannot connect to the source: {message}") from None
-        # Every statement of this connection runs inside one read-only transaction.
+        for type_name in ("date", "timestamp", "timestamptz"):
+            _lenient(conn, type_name)
+        # Every statement of this connection runs inside one read-only transaction. Its
+        # statement timeout is the server's own guard; the query may lift it (set_config), so
+        # `watch` enforces the deadline from this side. The role's privileges are read in the
+        # same round trip.
         conn.read_only = True
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, true)",
-            (str(int(self.statement_timeout_s * 1000)),),
-        )
+        try:
+            _, role, superuser, held = conn.execute(
+                "SELECT set_config('statement_timeout', %s, true), current_user::text,"
+                " current_setting('is_superuser') = 'on',"
+                " array(SELECT rolname::text FROM pg_roles WHERE (rolsuper OR rolname = ANY(%s))"
+                "  AND rolname <> current_user AND pg_has_role(current_user, oid, 'MEMBER')"
+                "  ORDER BY 1)",
+                (str(int(self.statement_timeout_s * 1000)), list(PRIVILEGED_ROLES)),
+            ).fetchone()
+        except psycopg.Error as exc:
+            conn.close()
+            raise ConnectorError(f"cannot use the source: {str(exc).strip()}") from None
+        if (superuser or held) and not self.allow_privileged:
+            conn.close()
+            raise _privileged_refusal(role, superuser, held)
         return conn
 
-    def _run(self, query: str, statement: sql.Composable, params: Any = None,
+    def check_least_privilege(self) -> None:
+        self._connect().close()
+
+    def _run(self, query: str, statement: sql.Composable, params: Any = (),
              chunk_size: int = 10_000) -> Iterator[list[tuple]]:
-        """Stream `statement` (which wraps the user's `query`) in chunks from a named cursor."""
+        """Stream `statement` (which wraps the user's `query`) in chunks from a named cursor,
+        cancelled at the deadline or when the source is interrupted."""
         conn = self._connect()
         self._streaming.add(conn)
         try:
-            with conn.cursor(name="retl_source") as cur:
+            with self.watch(conn.cancel_safe) as watch, conn.cursor(name="retl_source") as cur:
                 cur.itersize = chunk_size
                 try:
                     cur.execute(statement, params)
-                    while chunk := cur.fetchmany(chunk_size):
+                    while True:
+                        watch.check()
+                        chunk = cur.fetchmany(chunk_size)
+                        if not chunk:
+                            break
                         yield chunk
                 except psycopg.Error as exc:
-                    raise _failure(query, exc) from None
+                    raise (watch.error() or _failure(query, exc)) from None
         finally:
             self._streaming.discard(conn)
-            if not conn.closed:
-                conn.rollback()
-                conn.close()
+            _end(conn)
 
     def close(self) -> None:
         """End every stream still open: a reader that stopped early (an error, a cancelled run)
@@ -135,32 +212,42 @@ class PostgresSource(Source):
 
     @staticmethod
     def _wrapped(query: str) -> sql.Composable:
-        return sql.SQL("(\n{}\n) AS q").format(sql.SQL(_strip(query)))
+        """The user's query as a subquery, its text kept as it is: every statement is run with
+        parameters (an empty tuple when it has none), so psycopg reads `%%` as a literal `%`
+        and `%` in the query (LIKE '%@example.com') is never taken for a placeholder."""
+        return sql.SQL("(\n{}\n) AS q").format(sql.SQL(_strip(query).replace("%", "%%")))
 
     def test(self) -> None:
         conn = self._connect()
         try:
-            conn.execute("SELECT 1")
+            with self.watch(conn.cancel_safe) as watch:
+                try:
+                    conn.execute("SELECT 1")
+                except psycopg.Error as exc:
+                    raise (watch.error() or _failure("SELECT 1", exc)) from None
         finally:
             conn.close()
 
     def columns(self, query: str) -> list[str]:
         conn = self._connect()
         try:
-            # LIMIT 0 makes the executor stop before reading a row.
-            # prepare=True sends one statement by the extended protocol: a query smuggling in
-            # "; COMMIT; DROP …" is refused instead of leaving the read-only transaction.
-            cur = conn.execute(
-                sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)), prepare=True
-            )
-            described = cur.description or []
-            self._column_types[query] = {c.name: c.type_code for c in described}
-            return [column.name for column in described]
-        except psycopg.Error as exc:
-            raise _failure(query, exc) from None
+            with self.watch(conn.cancel_safe) as watch:
+                try:
+                    # LIMIT 0 makes the executor stop before reading a row.
+                    # prepare=True sends one statement by the extended protocol: a query
+                    # smuggling in "; COMMIT; DROP …" is refused instead of leaving the
+                    # read-only transaction.
+                    cur = conn.execute(
+                        sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)), (),
+                        prepare=True,
+                    )
+                    described = cur.description or []
+                    self._column_types[query] = {c.name: c.type_code for c in described}
+                    return [column.name for column in described]
+                except psycopg.Error as exc:
+                    raise (watch.error() or _failure(query, exc)) from None
         finally:
-            conn.rollback()
-            conn.close()
+            _end(conn)
 
     def stream(self, query: str, chunk_size: int = 10_000) -> Iterator[list[tuple]]:
         statement = sql.SQL("SELECT * FROM {}").format(self._wrapped(query))

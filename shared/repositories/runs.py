@@ -149,6 +149,17 @@ def newer_run_started(conn: psycopg.Connection, run: Run) -> bool:
     return bool(row[0])
 
 
+def cancel_requested(conn: psycopg.Connection, id: str) -> bool:
+    row = conn.execute("SELECT cancel_requested FROM runs WHERE id = %s", (id,)).fetchone()
+    return bool(row and row[0])
+
+
+def stored_batches(conn: psycopg.Connection, id: str) -> int:
+    """How many batches the run's planner has stored."""
+    row = conn.execute("SELECT count(*) FROM run_batches WHERE run_id = %s", (id,)).fetchone()
+    return int(row[0])
+
+
 def latest_for_sync(conn: psycopg.Connection, sync_id: str) -> Run | None:
     with conn.cursor(row_factory=class_row(Run)) as cur:
         cur.execute(f"SELECT {COLUMNS} FROM runs WHERE sync_id = %s ORDER BY id DESC LIMIT 1", (sync_id,))

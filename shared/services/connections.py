@@ -9,7 +9,7 @@ from typing import Any
 
 from connectors import registry
 from connectors.destinations.base import Destination, DestinationField, DestinationObject
-from connectors.errors import AuthError, ConnectorError, RetryableError
+from connectors.errors import AuthError, ConnectorError, PrivilegedRoleError, RetryableError
 from connectors.sources.base import Source
 from shared import ids
 from shared.db import transaction
@@ -101,9 +101,25 @@ def _view(record: repo.Connection) -> ConnectionView:
     )
 
 
+def _refuse_privileged_source(cls: type, config: dict[str, Any]) -> None:
+    """A source whose credentials can do more than read is refused when it is saved, if it can
+    be reached now (one that cannot is checked again by `test` and by every run)."""
+    source = _source(cls, config)
+    try:
+        source.check_least_privilege()
+    except PrivilegedRoleError as exc:
+        raise Invalid(exc.message, pointer="/config/url") from None
+    except ConnectorError:
+        pass
+    finally:
+        source.close()
+
+
 def create(workspace_id: str, kind: str, name: str, connector: str, config: dict[str, Any]) -> ConnectionView:
     cls = _connector_class(kind, connector)
     _check_config(cls, config)
+    if kind == "source":
+        _refuse_privileged_source(cls, config)
     with transaction() as conn:
         record = repo.insert(
             conn, id=ids.new_id(KINDS[kind]), workspace_id=workspace_id, kind=kind, name=name,
@@ -147,6 +163,8 @@ def update(workspace_id: str, kind: str, id: str, changes: dict[str, Any]) -> Co
             merged = {k: v for k, v in merged.items() if v is not None}
             values["config_encrypted"] = encrypt_config(_check_config(cls, merged))
             values["status"] = "untested"
+            if kind == "source":
+                _refuse_privileged_source(cls, merged)
         if values:
             record = repo.update(conn, id, values)
     return _view(record)
@@ -166,12 +184,20 @@ def open_connector(record: repo.Connection) -> Destination | Source:
     cls = _connector_class(record.kind, record.connector)
     config = decrypt_config(record.config_encrypted)
     if record.kind == "source":
-        settings = get_settings()
-        return cls(
-            config, statement_timeout_s=settings.source_statement_timeout_s,
-            allowed_directories=settings.duckdb_directories,
-        )
+        return _source(cls, config)
     return cls(config)
+
+
+def _source(cls: type, config: dict[str, Any]) -> Source:
+    """A source with the operator's limits: the query deadline, DuckDB's folders, memory and
+    threads, and whether privileged roles are allowed."""
+    settings = get_settings()
+    return cls(
+        config, statement_timeout_s=settings.source_statement_timeout_s,
+        allowed_directories=settings.duckdb_directories,
+        allow_privileged=settings.allow_privileged_sources,
+        memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads,
+    )
 
 
 def record_status(id: str, status: str, message: str | None) -> None:

@@ -43,9 +43,10 @@ def unused_port() -> int:
 
 
 @pytest.fixture
-def source_url(database_url: str) -> str:
-    """The test database as a source, with a password in the URL that must never be shown."""
-    return re.sub(r"^postgresql://([^:@/]+)@", rf"postgresql://\1:{SOURCE_PASSWORD}@", database_url)
+def source_url(reader_url: str) -> str:
+    """The test database as a source (as a role that can only read), with a password in the
+    URL that must never be shown."""
+    return re.sub(r"^postgresql://([^:@/]+)@", rf"postgresql://\1:{SOURCE_PASSWORD}@", reader_url)
 
 
 def create_destination(

@@ -227,8 +227,8 @@ def test_create_source_hides_the_url_with_its_password(client, api_key, source_u
         assert SOURCE_PASSWORD not in answer.get_data(as_text=True)
 
 
-def test_test_source_connects_to_a_real_postgres(client, api_key, database_url):
-    source = create_source(client, api_key, database_url)
+def test_test_source_connects_to_a_real_postgres(client, api_key, reader_url):
+    source = create_source(client, api_key, reader_url)
 
     response = client.post(f"{API}/sources/{source['id']}/test", headers=bearer(api_key))
 

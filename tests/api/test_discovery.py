@@ -122,8 +122,8 @@ def test_discovery_of_a_destination_with_a_broken_field_declaration_answers_503(
     assert_error(response, 503)
 
 
-def test_discovery_of_a_source_url_is_refused_before_any_call(client, api_key, database_url):
-    source = create_source(client, api_key, database_url)
+def test_discovery_of_a_source_url_is_refused_before_any_call(client, api_key, reader_url):
+    source = create_source(client, api_key, reader_url)
 
     response = client.get(f"{API}/fields?destination_id={source['id']}&object_name=x", headers=bearer(api_key))
 

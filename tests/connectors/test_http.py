@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from connectors.destinations.base import DestinationField, Record, RecordResult
+from connectors.destinations.base import DestinationField, RateLimit, Record, RecordResult
 from connectors.destinations.http import HttpDestination
 from connectors.errors import AuthError, ConnectorError, RetryableError
 from connectors.http_support import retry_after_seconds
@@ -38,7 +38,7 @@ def test_registered() -> None:
     assert destination_class("http") is HttpDestination
     assert HttpDestination.secret_fields() == ("headers",)
     assert HttpDestination.supported_modes == {"upsert", "insert", "update", "delete", "mirror"}
-    assert HttpDestination.rate_limit_per_second == 1000
+    assert HttpDestination.rate_limit == RateLimit(1000, 1.0)
     assert HttpDestination.max_concurrency == 8
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from connectors.destinations.base import DestinationField, Record, RecordResult
+from connectors.destinations.base import DestinationField, RateLimit, Record, RecordResult
 from connectors.destinations.hubspot import HubSpotDestination
 from connectors.errors import AuthError, ConnectorError, RetryableError
 from connectors.registry import destination_class
@@ -48,7 +48,7 @@ def test_registered_with_limits_and_secret_token() -> None:
     assert HubSpotDestination.secret_fields() == ("accessToken",)
     assert HubSpotDestination.supported_modes == {"upsert", "insert", "update", "delete", "mirror"}
     assert HubSpotDestination.batch_size == 100
-    assert HubSpotDestination.rate_limit_per_second == 10
+    assert HubSpotDestination.rate_limit == RateLimit(100, 10.0)
     assert HubSpotDestination.max_concurrency == 5
     defaults = {f.name: f.default for f in HubSpotDestination.config_fields}
     assert defaults["baseUrl"] == "https://api.hubapi.com"

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from connectors.destinations.base import DestinationField, Record, RecordResult
+from connectors.destinations.base import DestinationField, RateLimit, Record, RecordResult
 from connectors.destinations.postgres import PostgresDestination
 from connectors.errors import AuthError, ConnectorError, RetryableError
 from connectors.registry import destination_class
@@ -92,7 +92,7 @@ def test_registered() -> None:
     assert PostgresDestination.secret_fields() == ("url",)
     assert PostgresDestination.supported_modes == {"upsert", "insert", "update", "delete", "mirror"}
     assert (PostgresDestination.batch_size, PostgresDestination.max_concurrency) == (1000, 4)
-    assert PostgresDestination.rate_limit_per_second == 100
+    assert PostgresDestination.rate_limit == RateLimit(100, 1.0)
     with pytest.raises(ConnectorError):
         PostgresDestination({})
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from connectors.destinations.base import DestinationField, Record
+from connectors.destinations.base import DestinationField, RateLimit, Record
 from connectors.destinations.salesforce import (
     SalesforceDestination,
     parse_bulk_error,
@@ -81,7 +81,7 @@ def test_declares_its_contract() -> None:
     } <= SalesforceDestination.supported_modes
     assert SalesforceDestination.batch_size == 200
     assert SalesforceDestination.max_concurrency == 10
-    assert SalesforceDestination.rate_limit_per_second == 20
+    assert SalesforceDestination.rate_limit == RateLimit(20, 1.0)
     secrets = set(SalesforceDestination.secret_fields())
     assert secrets == {"accessToken", "clientSecret", "refreshToken"}
 

@@ -64,7 +64,7 @@ def crm(database_url: str) -> Iterator[psycopg.Connection]:
 
 def _sync(account: Any, people: Warehouse, *, mode: str = "upsert",
           url: str | None = None) -> SyncSetup:
-    config = {"url": url or people.url, "schema": "crm", "rateLimitPerSecond": 1000}
+    config = {"url": url or people.admin_url, "schema": "crm", "rateLimitPerSecond": 1000}
     return make_sync(account, people, "postgres", config, object_name="contacts",
                      mappings=MAPPINGS, mode=mode)
 
@@ -207,7 +207,7 @@ def test_a_refused_login_fails_the_run_and_marks_the_destination(
     client: FlaskClient,
 ) -> None:
     seed(people, 3)
-    info = psycopg.conninfo.conninfo_to_dict(people.url)
+    info = psycopg.conninfo.conninfo_to_dict(people.admin_url)
     bad_url = psycopg.conninfo.make_conninfo(**{**info, "user": "retl_no_such_role"})
     setup = _sync(account, people, url=bad_url)
     run = driver.run(setup)

@@ -56,3 +56,20 @@ def test_a_null_value_renders_as_nothing_in_a_template(
     run = driver.run(make_sync(workspace_id, {"url": warehouse.url}, sink.url, mappings=mappings))
     assert run.status == "succeeded", run.error
     assert sink.store["1"]["label"] == "User 1 <>"
+
+
+def test_a_template_past_the_limits_at_run_time_fails_its_record_with_mapping(
+    driver: EngineDriver, warehouse: Warehouse, workspace_id: str, sink: FakeHttpSink
+) -> None:
+    """Saved through the service (the API's check would refuse it): at run time each record
+    it would have made 20 MB of fails with MAPPING, and nothing of it is sent."""
+    warehouse.insert(2)
+    mappings = [MAPPINGS[0], {"template": "{{ name|center(20000000) }}", "destination": "label"}]
+    run = driver.run(make_sync(workspace_id, {"url": warehouse.url}, sink.url, mappings=mappings))
+    assert run.status == "succeeded", run.error
+    assert (run.rows_written, run.rows_failed) == (0, 2)
+    assert sink.store == {}
+    with transaction() as conn:
+        entries = dlq.list_page(conn, workspace_id, sync_id=None, resolved=False, after=None, limit=10)
+    assert sorted((e.record_key, e.error_code) for e in entries) == [("1", "MAPPING"), ("2", "MAPPING")]
+    assert "65536" in entries[0].message

@@ -27,7 +27,7 @@ def workspace_id() -> str:
 
 
 @pytest.fixture
-def warehouse(database_url: str) -> Iterator[Warehouse]:
+def warehouse(database_url: str, reader_url: str) -> Iterator[Warehouse]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS warehouse CASCADE")
         conn.execute("CREATE SCHEMA warehouse")
@@ -35,13 +35,14 @@ def warehouse(database_url: str) -> Iterator[Warehouse]:
             "CREATE TABLE warehouse.people (id integer, email text, name text, score numeric,"
             " updated_at timestamptz DEFAULT '2025-01-01T00:00:00Z')"
         )
-        yield Warehouse(conn, database_url)
+        yield Warehouse(conn, reader_url, database_url)
 
 
 @dataclass
 class Warehouse:
-    conn: psycopg.Connection
-    url: str
+    conn: psycopg.Connection  # as the database's owner, who changes the data
+    url: str  # as a role that can only read: what sources connect with
+    admin_url: str
 
     def insert(self, count: int, start: int = 1) -> None:
         self.conn.execute(
