@@ -38,6 +38,12 @@ ENDPOINTS: list[Operation] = [
     Operation("put", "/syncs/{id}", "Update sync (any subset of the create fields)", "reverse_etl_sync",
               s.SyncAttributes, body="SyncUpdate", errors=(409,)),
     Operation("delete", "/syncs/{id}", "Delete sync", "reverse_etl_sync", s.DeletedAttributes),
+    Operation("post", "/syncs/{id}/preview", "Preview a run of a sync (nothing is written)",
+              "reverse_etl_preview", s.PreviewAttributes, body=s.PreviewBodySchema,
+              query=s.PreviewSampleQuery),
+    Operation("post", "/syncs/preview", "Preview an unsaved sync (the create body)",
+              "reverse_etl_preview", s.PreviewAttributes, body=s.SyncBodySchema,
+              query=s.PreviewSampleQuery),
     Operation("post", "/sync/run", "Trigger sync run (one run for syncId, a list for syncIds)", "reverse_etl_run",
               s.RunAttributes, "run", status=202, body=s.TriggerRunSchema, errors=(404,)),
     Operation("post", "/sync/toggle", "Toggle sync", "reverse_etl_sync", s.SyncAttributes, body=s.ToggleSchema,
@@ -69,8 +75,10 @@ ENDPOINTS: list[Operation] = [
               query=s.FieldsQuery, errors=(404,)),
     Operation("get", "/runs", "List sync runs", "reverse_etl_run", s.RunAttributes, "page", query=s.RunListQuery),
     Operation("get", "/runs/{id}", "Get run", "reverse_etl_run", s.RunAttributes, query=s.EmptyQuery),
-    Operation("post", "/runs/{id}/cancel", "Cancel run", "reverse_etl_run", s.RunAttributes, status=202,
-              errors=(409,)),
+    Operation("post", "/runs/{id}/cancel", "Cancel run (a held run: discard its plan)", "reverse_etl_run",
+              s.RunAttributes, status=202, errors=(409,)),
+    Operation("post", "/runs/{id}/approve", "Approve a held run: write the plan it kept", "reverse_etl_run",
+              s.RunAttributes, status=202, errors=(409,)),
     Operation("get", "/dlq", "List dead letter queue entries", "reverse_etl_dlq_entry", s.DlqEntryAttributes,
               "page", query=s.DlqListQuery),
     Operation("get", "/dlq/stats", "DLQ statistics", "reverse_etl_dlq_stats", s.DlqStatsAttributes,
@@ -201,7 +209,9 @@ def openapi_document() -> dict[str, Any]:
             operation.setdefault("parameters", []).append({"in": "query", "schema": op.query})
         if op.body is not None:
             body = {"$ref": f"#/components/schemas/{op.body}"} if isinstance(op.body, str) else op.body
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+            # A saved sync's preview takes its body (the sample size) only when given.
+            required = op.body is not s.PreviewBodySchema
+            operation["requestBody"] = {"required": required, "content": {"application/json": {"schema": body}}}
         paths.setdefault(PREFIX + op.path, {})[op.method] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)

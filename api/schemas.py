@@ -19,7 +19,8 @@ from shared.templates import check_template
 NAME = validate.Length(min=1, max=200)
 ID = validate.Length(min=1, max=100)
 QUERY_TEXT = validate.Length(min=1, max=200_000)
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "held")
+MAX_PREVIEW_SAMPLE = 100
 
 
 class UtcDateTime(fields.DateTime):
@@ -89,6 +90,24 @@ class ScheduleSchema(Strict):
             raise ValidationError(str(exc), exc.field) from None
 
 
+class GuardSchema(Strict):
+    """What one run may do to the destination before it is held (see shared.guards)."""
+
+    maxRemovedPercent = fields.Float(
+        validate=validate.Range(min=0, max=100), allow_none=True,
+        metadata={"description": "hold a run that would remove more than this percent of the"
+                  " records the destination holds for the sync (per its snapshot)"},
+    )
+    maxChangedPercent = fields.Float(
+        validate=validate.Range(min=0, max=100), allow_none=True,
+        metadata={"description": "hold a run that would change more than this percent of them"},
+    )
+    minSourceRows = fields.Integer(
+        validate=validate.Range(min=0, max=2**62), allow_none=True,
+        metadata={"description": "hold a run whose query returns fewer records than this"},
+    )
+
+
 class SyncBodySchema(Strict):
     name = fields.String(required=True, validate=NAME)
     sourceQuery = fields.String(required=True, validate=QUERY_TEXT)
@@ -101,6 +120,11 @@ class SyncBodySchema(Strict):
     syncMode = fields.String(required=True, validate=validate.OneOf(MODES))
     schedule = fields.Nested(ScheduleSchema)
     enabled = JsonBoolean()
+    guard = fields.Nested(
+        GuardSchema, allow_none=True,
+        metadata={"description": "null: mirror and delete syncs hold a run that would remove"
+                  " more than 50% of more than 100 records; {} holds nothing"},
+    )
 
     @validates_schema
     def _key_mapping(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
@@ -122,6 +146,16 @@ class TriggerRunSchema(Strict):
     def _one_of(self, data: dict[str, Any], **_: Any) -> None:
         if ("syncId" in data) == ("syncIds" in data):
             raise ValidationError("give syncId or syncIds", "syncId")
+
+
+class PreviewSampleQuery(Strict):
+    sample = fields.Integer(load_default=10, validate=validate.Range(min=0, max=MAX_PREVIEW_SAMPLE))
+
+
+class PreviewBodySchema(Strict):
+    """The body of a saved sync's preview (optional): the sample size."""
+
+    sample = fields.Integer(validate=validate.Range(min=0, max=MAX_PREVIEW_SAMPLE))
 
 
 class ToggleSchema(Strict):
@@ -250,6 +284,7 @@ class SyncAttributes(Schema):
     sync_mode = fields.String()
     enabled = fields.Boolean()
     schedule = fields.Dict()
+    guard = fields.Nested(GuardSchema, allow_none=True)
     next_run_at = UtcDateTime(allow_none=True)
     created_at = UtcDateTime()
     updated_at = UtcDateTime()
@@ -262,7 +297,10 @@ class DeletedAttributes(Schema):
 
 class RunAttributes(Schema):
     sync_id = fields.String()
-    status = fields.String()
+    status = fields.String(
+        metadata={"enum": list(RUN_STATUSES), "description": "held: the plan crossed the sync's"
+                  " guard and waits, unwritten, for POST /runs/{id}/approve or /cancel"}
+    )
     trigger = fields.String()
     full_refresh = fields.Boolean()
     scheduled_for = UtcDateTime(allow_none=True)
@@ -283,6 +321,44 @@ class RunAttributes(Schema):
                   " quota answer, a backoff, its rate or concurrency limit), when its next"
                   " parked batch is tried again; null when it is not waiting."},
     )
+
+
+class PreviewCounts(Schema):
+    added = fields.Integer()
+    changed = fields.Integer()
+    removed = fields.Integer()
+    unchanged = fields.Integer()
+    rejected = fields.Integer()
+
+
+class PreviewRecord(Schema):
+    key = fields.String(allow_none=True)
+    operation = fields.String(metadata={"description": "upsert, insert, update or delete"})
+    record = fields.Dict(metadata={"description": "the record as it would be sent: mapped,"
+                                   " cast, in the destination's field names"})
+    changed_fields = fields.List(
+        fields.String(), allow_none=True,
+        metadata={"description": "changed records: null, the snapshot keeps one hash per record"},
+    )
+
+
+class PreviewRejected(Schema):
+    key = fields.String(allow_none=True)
+    reason = fields.String(metadata={"enum": ["NULL_KEY", "DUPLICATE_KEY", "MAPPING"]})
+    message = fields.String()
+
+
+class PreviewSamples(Schema):
+    added = fields.List(fields.Nested(PreviewRecord))
+    changed = fields.List(fields.Nested(PreviewRecord))
+    removed = fields.List(fields.Nested(PreviewRecord))
+    rejected = fields.List(fields.Nested(PreviewRejected))
+
+
+class PreviewAttributes(Schema):
+    counts = fields.Nested(PreviewCounts)
+    rejected_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer())
+    samples = fields.Nested(PreviewSamples)
 
 
 class DlqEntryAttributes(Schema):

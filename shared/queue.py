@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 EXECUTE_RUN = "retl.execute_run"
 WRITE_BATCH = "retl.write_batch"
 REAP = "retl.reap"
+FINALIZE_RUN = "retl.finalize_run"
 SCHEDULE_TICK = "retl.schedule_tick"
 DELIVER_ALERT = "retl.deliver_alert"
 
@@ -79,3 +80,13 @@ def send_control(task_name: str, *args: object) -> bool:
     except Exception as exc:
         log.warning("could not enqueue %s: %s", task_name, exc)
         return False
+
+
+def enqueue_batch(run_id: str, batch_no: int, token: int) -> bool:
+    """Ring a batch of a plan that was approved (the engine's own doorbells are in
+    worker.dispatch)."""
+    return send(WRITE_BATCH, run_id, batch_no, token, priority=FIRST_BATCHES_PRIORITY)
+
+
+def enqueue_finalize(run_id: str, token: int) -> bool:
+    return send(FINALIZE_RUN, run_id, token)

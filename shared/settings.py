@@ -15,6 +15,8 @@ class Settings:
     secret_key: str | None
     home: Path
     source_statement_timeout_s: float
+    preview_seconds: float
+    preview_max_rows: int
     lease_seconds: float
     heartbeat_seconds: float
     writer_follow_s: float
@@ -69,6 +71,8 @@ def get_settings() -> Settings:
         secret_key=os.environ.get("RETL_SECRET_KEY") or None,
         home=Path(os.environ.get("RETL_HOME") or ".retl").resolve(),
         source_statement_timeout_s=_float("RETL_SOURCE_STATEMENT_TIMEOUT", 1800),
+        preview_seconds=_float("RETL_PREVIEW_SECONDS", 30),
+        preview_max_rows=int(_float("RETL_PREVIEW_MAX_ROWS", 200_000)),
         lease_seconds=_float("RETL_LEASE_SECONDS", 60),
         heartbeat_seconds=_float("RETL_HEARTBEAT_SECONDS", 10),
         writer_follow_s=_float("RETL_WRITER_FOLLOW_SECONDS", 1.0),

@@ -22,7 +22,7 @@ import psycopg
 from connectors.destinations.base import Destination, DestinationField
 from connectors.errors import AuthError, ConnectorError, RetryableError
 from connectors.sources.base import QueryCancelled, Source
-from shared import db
+from shared import db, guards
 from shared.db import transaction
 from shared.repositories import connections, runs, syncs
 from shared.repositories import engine as repo
@@ -69,6 +69,16 @@ class PlannerMustWait(Exception):
 
 # Set in a worker process told to stop (worker.app); checked with the lease, between chunks.
 stopping = threading.Event()
+
+
+class RunHeld(Exception):
+    """The plan crossed the sync's guard: its `batches` are kept unwritten, and the run is held
+    until someone approves or cancels it."""
+
+    def __init__(self, message: str, batches: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.batches = batches
 
 
 class Heartbeat:
@@ -218,13 +228,15 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
             raise RunFailed(str(exc)) from None
         fields = _discover_fields(destination, sync.object_name)
         builder = mapping.RecordBuilder(plan, destination, fields)
+        held: str | None = None  # why the sync's guard holds the plan
         if _sends_every_row(context, source, destination):
             packer: BatchPacker = _pack_in_one_pass(
                 context, source, plan, builder, destination, heartbeat
             )
         else:
             counts, dup_keys = _diff(context, source, plan, heartbeat)
-            packer = BatchPacker(context, destination, counts.outgoing)
+            held = _guard_verdict(context, counts)
+            packer = BatchPacker(context, destination, counts.outgoing, held=held is not None)
             _pack_changed_rows(context, source, plan, builder, packer, counts, dup_keys, heartbeat)
         with transaction() as conn:
             if sync.sync_mode == "delete":
@@ -238,6 +250,8 @@ def plan_run(context: RunContext, heartbeat: Heartbeat) -> int:
                 # Deleted as the source typed the key: as the snapshot took it, else as now.
                 packer.add(key, {plan.key_field: keys.typed(key, kind or run_kind)})
         packer.flush()
+        if held is not None:
+            raise RunHeld(held, packer.batches)
         return packer.batches
     except ConnectorError as exc:
         if isinstance(exc, QueryCancelled) or heartbeat.cancel.is_set():
@@ -325,10 +339,12 @@ def _sends_every_row(context: RunContext, source: Source, destination: Destinati
         return False
     if sync.sync_mode == "delete" or lease.replay_keys is not None:
         return False
-    if lease.full_refresh:
-        return True
     with transaction() as conn:
-        return repo.snapshot_is_empty(conn, sync.id)
+        snapshot_empty = repo.snapshot_is_empty(conn, sync.id)
+    # A plan that may be held is complete before any batch may be written: the diff first.
+    if guards.may_hold(guards.effective(sync.sync_mode, sync.guard), snapshot_empty=snapshot_empty):
+        return False
+    return lease.full_refresh or snapshot_empty
 
 
 def _pack_in_one_pass(
@@ -427,6 +443,31 @@ def _diff(
     return counts, dup_keys
 
 
+def _guard_verdict(context: RunContext, counts: repo.DiffCounts) -> str | None:
+    """Why the diffed plan must be held by the sync's guard, or None. A replay (records an
+    operator asked for) is never held."""
+    sync = context.sync
+    guard = guards.effective(sync.sync_mode, sync.guard)
+    if guard is None or context.lease.replay_keys is not None:
+        return None
+    if sync.sync_mode == "mirror":
+        # Every record of the snapshot is in the result (changed or unchanged) or removed.
+        held = counts.changed + counts.unchanged + counts.removed
+    else:
+        with transaction() as conn:
+            held = repo.snapshot_size(conn, sync.id)
+    return guards.verdict(guard, plan_numbers(sync.sync_mode, counts, held))
+
+
+def plan_numbers(mode: str, counts: repo.DiffCounts, held: int) -> guards.PlanNumbers:
+    """A diff's numbers as a guard judges them: a delete sync removes what it sends."""
+    removed = counts.deletes if mode == "delete" else counts.removed
+    return guards.PlanNumbers(
+        held=held, removed=removed, changed=0 if mode == "delete" else counts.changed,
+        source_rows=counts.added + counts.changed + counts.unchanged,
+    )
+
+
 def _pack_changed_rows(
     context: RunContext, source: Source, plan: mapping.Plan, builder: mapping.RecordBuilder,
     packer: BatchPacker, counts: repo.DiffCounts, dup_keys: set[str], heartbeat: Heartbeat,
@@ -502,14 +543,17 @@ def _rows_for_keys(
 
 
 class BatchPacker:
-    """Collects records into batches of the destination's size; stores and dispatches each."""
+    """Collects records into batches of the destination's size; stores and dispatches each.
+    `held`: the plan crossed its guard, so its batches are kept where no writer takes them
+    (`repo.insert_held_batch`) and nothing is dispatched."""
 
     def __init__(
         self, context: RunContext, destination: Destination, total: int, *, batches: int = 0,
-        key_kind: str | None = None,
+        key_kind: str | None = None, held: bool = False,
     ) -> None:
         self.context = context
         self.key_kind = key_kind  # how the source types the run's keys, once known
+        self.held = held
         self.operation = "upsert"
         operation = "upsert" if context.sync.sync_mode == "mirror" else context.sync.sync_mode
         self.size = max(1, destination.batch_size_for(operation, total))
@@ -534,18 +578,19 @@ class BatchPacker:
         batch_no = self.batches + 1 if self._records else None
         with _fenced_writes(self.context) as conn:
             if batch_no is not None:
-                repo.insert_batch(
+                insert = repo.insert_held_batch if self.held else repo.insert_batch
+                insert(
                     conn, run_id, batch_no, self.operation, [key for key, _ in self._records],
                     encode_payload(self._records),
                 )
             repo.add_failures(conn, run_id, self._failures)
             followed = _fence_last_storing(
-                conn, run_id, token, batch_no, read=None, added=0, changed=0, unchanged=0,
-                failed=len(self._failures),
+                conn, run_id, token, None if self.held else batch_no, read=None, added=0,
+                changed=0, unchanged=0, failed=len(self._failures),
             )
         self._records, self._failures = [], []
         if batch_no is not None:
-            self._stored(batch_no, ring=not followed)
+            self._stored(batch_no, ring=not (followed or self.held))
 
     def _stored(self, batch_no: int, *, ring: bool) -> None:
         """Batch `batch_no` is committed: ring its doorbell unless a follower takes it."""

@@ -38,6 +38,7 @@ from worker.planner import (
     PlannerStopping,
     RunCancelled,
     RunFailed,
+    RunHeld,
     load_context,
     plan_run,
 )
@@ -98,6 +99,8 @@ def execute_run(run_id: str) -> float | None:
         _hand_back_run(lease, wait.seconds, wait.message)
     except RunCancelled:
         _stop_planning_cancelled(lease)
+    except RunHeld as exc:
+        _hold(lease, exc)
     except RunFailed as exc:
         _end_early(lease, "failed", exc.message)
         if exc.auth:
@@ -220,6 +223,22 @@ def _start_next_queued(workspace_id: str) -> None:
         run_id = repo.next_queued_run(conn, workspace_id)
     if run_id is not None:
         dispatch.enqueue_run(run_id)
+
+
+def _hold(lease: repo.Lease, held: RunHeld) -> None:
+    """The plan crossed the sync's guard: the run ends `held`, its batches kept unwritten (or
+    `cancelled`, its plan dropped, when a cancel came meanwhile)."""
+    log.warning("run %s held: %s", lease.run_id, held.message)
+    run_id, token = lease.run_id, lease.fencing_token
+    try:
+        with transaction() as conn:
+            if repo.fence(conn, run_id, token, durable=True):
+                repo.discard_plan(conn, run_id)
+                repo.end_run(conn, run_id, token, "cancelled", None)
+            else:
+                repo.hold_run(conn, run_id, token, held.batches, held.message)
+    except LeaseLost:
+        log.warning("run %s ended elsewhere before it could be held", lease.run_id)
 
 
 # -- write a batch -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 from celery import Task
 
 from shared import logs
-from shared.queue import DELIVER_ALERT, EXECUTE_RUN, REAP, WRITE_BATCH, celery_app
+from shared.queue import DELIVER_ALERT, EXECUTE_RUN, FINALIZE_RUN, REAP, WRITE_BATCH, celery_app
 from shared.services import alerts
 from worker import runs
 
@@ -27,6 +27,12 @@ def execute_run(self: Task, run_id: str) -> None:
 @app.task(name=WRITE_BATCH)
 def write_batch(run_id: str, batch_no: int, token: int) -> str:
     return runs.write_batch(run_id, batch_no, token).status
+
+
+@app.task(name=FINALIZE_RUN)
+def finalize_run(run_id: str, token: int) -> str | None:
+    """An approved plan with no batch to write (the reaper would find it too, later)."""
+    return runs.finalize(run_id, token)
 
 
 @app.task(name=REAP)

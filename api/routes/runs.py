@@ -1,4 +1,4 @@
-"""Runs: list, get, cancel."""
+"""Runs: list, get, cancel, approve a held run."""
 
 from __future__ import annotations
 
@@ -37,4 +37,10 @@ def get_run(run_id: str):
 @bp.post("/runs/<run_id>/cancel")
 def cancel_run(run_id: str):
     run = runs.cancel(workspace_id(), run_id)
+    return one(RUN, run.id, _attributes, run, 202)
+
+
+@bp.post("/runs/<run_id>/approve")
+def approve_run(run_id: str):
+    run = runs.approve(workspace_id(), run_id)
     return one(RUN, run.id, _attributes, run, 202)

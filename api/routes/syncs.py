@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from api import schemas
 from api.auth import require_workspace, workspace_id
 from api.http import body, many, one, paged, query
 from api.routes import PREFIX
 from shared.services import runs, syncs
+from worker import preview
 
 bp = Blueprint("syncs", __name__, url_prefix=PREFIX)
 require_workspace(bp)
 
 SYNC = "reverse_etl_sync"
 RUN = "reverse_etl_run"
+PREVIEW = "reverse_etl_preview"
 _attributes = schemas.SyncAttributes()
 _run_attributes = schemas.RunAttributes()
+_preview_attributes = schemas.PreviewAttributes()
 
 
 @bp.get("/syncs")
@@ -55,6 +58,24 @@ def delete_sync(sync_id: str):
     sync = syncs.delete(workspace_id(), sync_id)
     deleted = {"deleted": True, "deleted_at": sync.deleted_at}
     return one(SYNC, sync.id, schemas.DeletedAttributes(), deleted)
+
+
+@bp.post("/syncs/preview")
+def preview_draft():
+    """A sync not saved yet (the create body); `sample` in the query string."""
+    sample = query(schemas.PreviewSampleQuery)["sample"]
+    planned = preview.preview_draft(workspace_id(), body(schemas.SyncBodySchema), sample)
+    return one(PREVIEW, None, _preview_attributes, planned)
+
+
+@bp.post("/syncs/<sync_id>/preview")
+def preview_sync(sync_id: str):
+    """`sample` in the query string or the (optional) body."""
+    sample = query(schemas.PreviewSampleQuery)["sample"]
+    if request.get_data(cache=True).strip():
+        sample = body(schemas.PreviewBodySchema).get("sample", sample)
+    planned = preview.preview_sync(workspace_id(), sync_id, sample)
+    return one(PREVIEW, None, _preview_attributes, planned)
 
 
 @bp.post("/sync/run")

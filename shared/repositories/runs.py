@@ -134,16 +134,28 @@ def mark_enqueued(conn: psycopg.Connection, ids_: list[str]) -> None:
 
 
 def request_cancel(conn: psycopg.Connection, id: str) -> Run:
-    """A queued run is cancelled at once; a running one is asked to stop at its next batch."""
+    """A queued or held run is cancelled at once; a running one is asked to stop at its next
+    batch."""
     with conn.cursor(row_factory=class_row(Run)) as cur:
         cur.execute(
             "UPDATE runs SET cancel_requested = true,"
-            " status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
-            " finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,"
+            " status = CASE WHEN status IN ('queued', 'held') THEN 'cancelled' ELSE status END,"
+            " finished_at = CASE WHEN status IN ('queued', 'held') THEN now()"
+            "  ELSE finished_at END,"
             f" updated_at = now() WHERE id = %s RETURNING {COLUMNS}",
             (id,),
         )
         return cur.fetchone()
+
+
+def newer_run_started(conn: psycopg.Connection, run: Run) -> bool:
+    """Whether a run of the same sync created after `run` has started (ids sort by time)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE sync_id = %s AND id > %s"
+        " AND started_at IS NOT NULL)",
+        (run.sync_id, run.id),
+    ).fetchone()
+    return bool(row[0])
 
 
 def cancel_requested(conn: psycopg.Connection, id: str) -> bool:

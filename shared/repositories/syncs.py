@@ -12,9 +12,9 @@ from psycopg.types.json import Jsonb
 
 COLUMNS = (
     "id, workspace_id, name, source_id, destination_id, object_name, source_query, field_mappings,"
-    " sync_mode, enabled, schedule, next_run_at, created_at, updated_at, deleted_at"
+    " sync_mode, enabled, schedule, next_run_at, created_at, updated_at, deleted_at, guard"
 )
-JSON_COLUMNS = {"field_mappings", "schedule"}
+JSON_COLUMNS = {"field_mappings", "schedule", "guard"}
 
 
 @dataclass
@@ -34,10 +34,13 @@ class Sync:
     created_at: dt.datetime
     updated_at: dt.datetime
     deleted_at: dt.datetime | None
+    # maxRemovedPercent / maxChangedPercent / minSourceRows as given; None: the default guard
+    # (see shared.guards).
+    guard: dict[str, Any] | None = None
 
 
 def _adapt(column: str, value: Any) -> Any:
-    return Jsonb(value) if column in JSON_COLUMNS else value
+    return Jsonb(value) if column in JSON_COLUMNS and value is not None else value
 
 
 def insert(conn: psycopg.Connection, values: dict[str, Any]) -> Sync:

@@ -28,6 +28,7 @@ _COLUMNS = {
     "syncMode": "sync_mode",
     "schedule": "schedule",
     "enabled": "enabled",
+    "guard": "guard",
 }
 
 
@@ -118,6 +119,24 @@ def create(workspace_id: str, body: dict[str, Any]) -> syncs.Sync:
         _check(conn, workspace_id, values)
         values["next_run_at"] = next_run_at(values["schedule"], values["enabled"])
         return syncs.insert(conn, {"id": ids.new_id(ids.SYNC), "workspace_id": workspace_id, **values})
+
+
+def draft(workspace_id: str, body: dict[str, Any]) -> syncs.Sync:
+    """The sync a create body describes, checked as `create` checks it, but not saved (for a
+    preview): it has an id of its own, and no snapshot."""
+    values = {_COLUMNS[k]: v for k, v in body.items() if k in _COLUMNS}
+    values.setdefault("schedule", {"type": "manual"})
+    values.setdefault("enabled", True)
+    values.setdefault("guard", None)
+    with transaction() as conn:
+        if not values.get("source_id"):
+            values["source_id"] = _default_source_id(conn, workspace_id)
+        _check(conn, workspace_id, values)
+    now = _now()
+    return syncs.Sync(
+        id=ids.new_id(ids.SYNC), workspace_id=workspace_id, next_run_at=None, created_at=now,
+        updated_at=now, deleted_at=None, **values,
+    )
 
 
 def get(workspace_id: str, sync_id: str) -> syncs.Sync:

@@ -22,7 +22,7 @@ from tests.conftest import bearer
 
 SYNC_ATTRIBUTES = {
     "name", "source_query", "source_id", "destination_id", "object_name", "field_mappings",
-    "sync_mode", "enabled", "schedule", "next_run_at", "created_at", "updated_at",
+    "sync_mode", "enabled", "schedule", "guard", "next_run_at", "created_at", "updated_at",
 }
 
 

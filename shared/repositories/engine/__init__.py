@@ -1,7 +1,7 @@
 """The sync engine's SQL, one module per concern: leases and fencing (`leases`), staging and the
 set-based diff (`planning`), batches and their claims (`batches`), writers following the planner
-(`followers`), the snapshot and the end of a run (`finalization`) and what the reaper looks for
-(`reaper`).
+(`followers`), plans held by a guard (`holds`), the snapshot and the end of a run
+(`finalization`) and what the reaper looks for (`reaper`).
 
 Every write a run makes after it was leased goes through a fence, which locks the run row and
 checks the fencing token, so a worker that lost its lease can no longer change anything.
@@ -39,6 +39,14 @@ from shared.repositories.engine.followers import (  # noqa: F401
     retire_follower,
     send_claim_next_pending,
 )
+from shared.repositories.engine.holds import (  # noqa: F401
+    ReleasedPlan,
+    discard_plan,
+    hold_run,
+    insert_held_batch,
+    release_plan,
+    snapshot_size,
+)
 from shared.repositories.engine.leases import (  # noqa: F401
     Lease,
     LeaseLost,
@@ -65,7 +73,9 @@ from shared.repositories.engine.planning import (  # noqa: F401
     create_seen,
     create_stage,
     diff_into_ops,
+    first_keys,
     mark_snapshot_empty,
+    outgoing_changes,
     outgoing_keys,
     planning_done,
     removed_keys,

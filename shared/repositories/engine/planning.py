@@ -15,7 +15,7 @@ from shared.repositories.engine.followers import followers_channel
 
 def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
     """Forget whatever an earlier attempt at this run staged, and start its progress row."""
-    for table in ("run_ops", "run_batches", "run_failures"):
+    for table in ("run_ops", "run_batches", "run_failures", "held_batches"):
         conn.execute(f"DELETE FROM {table} WHERE run_id = %s", (run_id,))
     conn.execute(
         "INSERT INTO run_progress (run_id) VALUES (%s) ON CONFLICT (run_id) DO UPDATE"
@@ -418,3 +418,22 @@ def planning_done(conn: psycopg.Connection, run_id: str, batches_total: int) -> 
             (batches_total, run_id),
         )
         return cur.fetchone()
+
+
+def outgoing_changes(conn: psycopg.Connection, run_id: str) -> dict[str, str]:
+    """Key -> change class (added, changed, unchanged) of the records whose content is sent."""
+    rows = conn.execute(
+        "SELECT record_key, change FROM run_ops WHERE run_id = %s AND change <> 'removed'",
+        (run_id,),
+    ).fetchall()
+    return dict(rows)
+
+
+def first_keys(conn: psycopg.Connection, run_id: str, *, removed: bool, limit: int) -> list[str]:
+    """The first `limit` keys (in key order) of the run's removals, or of its other operations."""
+    rows = conn.execute(
+        "SELECT record_key FROM run_ops WHERE run_id = %s AND (change = 'removed') = %s"
+        " ORDER BY record_key LIMIT %s",
+        (run_id, removed, limit),
+    ).fetchall()
+    return [row[0] for row in rows]

@@ -71,17 +71,20 @@ def complete_unfinalized_runs(conn: psycopg.Connection) -> list[str]:
 
 
 def purge_finished_staging(conn: psycopg.Connection, older_than_s: float) -> int:
-    """Drop the staging of runs that ended a while ago (kept briefly for inspection)."""
+    """Drop the staging of runs that ended a while ago (kept briefly for inspection). A held
+    run's plan is kept while it may still be approved: until a newer run of its sync starts."""
     finished = [
         row[0] for row in conn.execute(
             "SELECT p.run_id FROM run_progress p JOIN runs r ON r.id = p.run_id"
             " WHERE r.status NOT IN ('queued', 'running')"
+            " AND (r.status <> 'held' OR EXISTS (SELECT 1 FROM runs n WHERE n.sync_id = r.sync_id"
+            "  AND n.id > r.id AND n.started_at IS NOT NULL))"
             " AND coalesce(p.finished_at, r.finished_at, p.updated_at)"
             "  < now() - make_interval(secs => %s)",
             (older_than_s,),
         )
     ]
     if finished:
-        for table in ("run_ops", "run_batches", "run_failures", "run_progress"):
+        for table in ("run_ops", "run_batches", "run_failures", "held_batches", "run_progress"):
             conn.execute(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (finished,))
     return len(finished)
