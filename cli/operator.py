@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -24,9 +24,9 @@ from cli.client import DEFAULT_URL, ApiClient
 Document = dict[str, Any]
 Renderer = Callable[[Document], RenderableType]
 
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled", "held")
 POLL_SECONDS = 1.0
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "held")
 
 
 @dataclass
@@ -195,8 +195,25 @@ def _resolved(document: Document) -> str:
 
 
 def _run_outcome(document: Document) -> int:
-    """0 while a run is on its way or succeeded; 1 when it failed or was cancelled."""
-    return 1 if document["data"]["attributes"]["status"] in ("failed", "cancelled") else 0
+    """0 while a run is on its way or succeeded; 1 when it failed, was cancelled or is held
+    (nothing written until someone approves it)."""
+    return 1 if document["data"]["attributes"]["status"] in ("failed", "cancelled", "held") else 0
+
+
+def _preview(document: Document) -> RenderableType:
+    """The counts, the rejections by reason, then a table of the sampled records."""
+    attributes = document["data"]["attributes"]
+    counts = Table(*attributes["counts"], box=None, header_style="bold")
+    counts.add_row(*map(str, attributes["counts"].values()))
+    samples = Table("operation", "key", "record", box=None, header_style="bold")
+    for operation, records in attributes["samples"].items():
+        for sample in records:
+            shown = sample.get("record") or {"reason": sample.get("reason"),
+                                             "message": sample.get("message")}
+            samples.add_row(operation, _text(sample.get("key")), _text(shown))
+    rejected = ", ".join(f"{reason} {count}" for reason, count
+                         in attributes["rejected_by_reason"].items() if count)
+    return Group(counts, f"rejected: {rejected or 'none'}", samples)
 
 
 # ---- groups ---------------------------------------------------------------------------------
@@ -255,7 +272,7 @@ def show_sync(call: Call, sync_id: str) -> Document:
 @click.argument("sync_id")
 @click.option("--full-refresh", is_flag=True, help="Resend every row of the result.")
 @click.option("--wait", is_flag=True,
-              help="Follow the run to its end; exit 1 when it fails or is cancelled.")
+              help="Follow the run to its end; exit 1 when it fails, is cancelled or is held.")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="With --wait: give up waiting after this long (exit 2).")
 def run_sync(call: Call, sync_id: str, full_refresh: bool, wait: bool,
@@ -265,6 +282,15 @@ def run_sync(call: Call, sync_id: str, full_refresh: bool, wait: bool,
     if not wait:
         return run
     return follow_run(call, run["data"]["id"], timeout)
+
+
+@api_command(syncs, "preview", _preview)
+@click.argument("sync_id")
+@click.option("--sample", type=click.IntRange(0, 100), default=10, show_default=True,
+              help="Records shown per operation.")
+def preview_sync(call: Call, sync_id: str, sample: int) -> Document:
+    """Plan a run of a sync without writing anything: counts and sample records as sent."""
+    return call.api.post(f"/syncs/{sync_id}/preview", {"sample": sample})
 
 
 @api_command(syncs, "pause", _details)
@@ -351,8 +377,15 @@ def show_run(call: Call, run_id: str) -> Document:
 @api_command(runs, "cancel", _details)
 @click.argument("run_id")
 def cancel_run(call: Call, run_id: str) -> Document:
-    """Cancel a queued or running run."""
+    """Cancel a queued or running run, or discard the plan of a held one."""
     return call.api.post(f"/runs/{run_id}/cancel")
+
+
+@api_command(runs, "approve", _details)
+@click.argument("run_id")
+def approve_run(call: Call, run_id: str) -> Document:
+    """Approve a held run: write exactly the plan it kept."""
+    return call.api.post(f"/runs/{run_id}/approve")
 
 
 # ---- dlq ------------------------------------------------------------------------------------

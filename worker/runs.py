@@ -239,6 +239,8 @@ def _hold(lease: repo.Lease, held: RunHeld) -> None:
                 repo.hold_run(conn, run_id, token, held.batches, held.message)
     except LeaseLost:
         log.warning("run %s ended elsewhere before it could be held", lease.run_id)
+        return
+    run_ended(run_id)
 
 
 # -- write a batch -------------------------------------------------------------------------------

@@ -49,10 +49,12 @@ class AlertEvent(enum.StrEnum):
     SYNC_RECOVERED = "sync_recovered"
     DLQ_THRESHOLD = "dlq_threshold"
     RUN_FAILED = "run_failed"
+    RUN_HELD = "run_held"
 
 
 # What a channel created without `events` is told.
-DEFAULT_EVENTS = (AlertEvent.SYNC_FAILING, AlertEvent.SYNC_RECOVERED, AlertEvent.DLQ_THRESHOLD)
+DEFAULT_EVENTS = (AlertEvent.SYNC_FAILING, AlertEvent.SYNC_RECOVERED, AlertEvent.DLQ_THRESHOLD,
+                  AlertEvent.RUN_HELD)
 
 # Channel kinds and the config options each keeps secret.
 KINDS: dict[str, frozenset[str]] = {
@@ -208,6 +210,8 @@ def _events_of(status: str, previous: str | None) -> list[AlertEvent]:
         return [AlertEvent.RUN_FAILED, *([AlertEvent.SYNC_FAILING] if previous != "failed" else [])]
     if status == "succeeded" and previous == "failed":
         return [AlertEvent.SYNC_RECOVERED]
+    if status == "held":
+        return [AlertEvent.RUN_HELD]
     return []
 
 
@@ -267,6 +271,8 @@ def _summary(alert: dict[str, Any]) -> str:
                     f" (threshold {dlq['threshold']})")
         case AlertEvent.RUN_FAILED:
             return f"retl: a run of {sync} failed: {run['error']}"
+        case AlertEvent.RUN_HELD:
+            return f"retl: a run of {sync} is held, nothing written: {run['error']}"
     return f"retl: {alert['event']} for {sync}"
 
 

@@ -33,7 +33,7 @@ def test_a_slack_channel_is_created_without_showing_its_url(client, api_key, dat
     attributes = assert_resource(response.get_json()["data"], "reverse_etl_alert_channel", "retl_alert")
     assert attributes["config"] == {}
     assert attributes["secrets_set"] == ["url"]
-    assert attributes["events"] == ["sync_failing", "sync_recovered", "dlq_threshold"]
+    assert attributes["events"] == ["sync_failing", "sync_recovered", "dlq_threshold", "run_held"]
     assert attributes["dlq_threshold"] == 100
     assert attributes["enabled"] is True
     assert "s3cret" not in json.dumps(client.get(f"{API}/alerts", headers=bearer(api_key)).get_json())

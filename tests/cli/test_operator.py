@@ -191,3 +191,29 @@ def test_api_errors_are_one_line_on_stderr(api_url, warehouse, sink, monkeypatch
     assert refused.exit_code == 1
     assert len(refused.stderr.strip().splitlines()) == 1
     assert refused.stderr.startswith("Error: cannot reach the retl API at http://127.0.0.1:")
+
+
+def test_preview_shows_the_plan_and_a_held_run_is_approved(api_url, worker, warehouse, sink):
+    setup = Setup(warehouse, sink.url)
+    syncs.update(setup.workspace_id, setup.sync_id,
+                 {"syncMode": "mirror", "guard": {"maxRemovedPercent": 10}})
+    first = retl("syncs", "run", setup.sync_id, "--wait", "--json", url=api_url, key=setup.key)
+    assert _json(first)["data"]["attributes"]["status"] == "succeeded"
+    with duckdb.connect(str(warehouse)) as conn:
+        conn.execute("DELETE FROM people WHERE id > 10")  # two thirds of the result gone
+
+    preview = _json(retl("syncs", "preview", setup.sync_id, "--sample", "2", "--json",
+                         url=api_url, key=setup.key))["data"]["attributes"]
+    assert preview["counts"]["removed"] == PEOPLE - 10
+    assert len(preview["samples"]["removed"]) == 2
+    table = retl("syncs", "preview", setup.sync_id, url=api_url, key=setup.key)
+    assert table.exit_code == 0 and "removed" in table.stdout
+
+    held = retl("syncs", "run", setup.sync_id, "--wait", "--json", url=api_url, key=setup.key)
+    assert held.exit_code == 1, held.output
+    run = json.loads(held.stdout)["data"]
+    assert run["attributes"]["status"] == "held" and "maxRemovedPercent" in run["attributes"]["error"]
+    assert len(sink.store) == PEOPLE  # nothing was removed
+
+    approved = _json(retl("runs", "approve", run["id"], "--json", url=api_url, key=setup.key))
+    assert approved["data"]["attributes"]["status"] != "held"

@@ -185,7 +185,7 @@ def wait_for_run(run_id: str, timeout_s: float = 60, poll: Callable[[], None] | 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         run = get_run(run_id)
-        if run.status in ("succeeded", "failed", "cancelled"):
+        if run.status in ("succeeded", "failed", "cancelled", "held"):
             return run
         if poll is not None:
             poll()

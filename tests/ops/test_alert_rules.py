@@ -205,3 +205,22 @@ def test_a_refusal_is_not_retried_and_an_unreachable_receiver_is(
     record = alerts.get(workspace_id, unreachable).record
     assert record.last_delivery_status == "retrying"
     assert str(unused_port) not in (record.last_delivery_error or "")
+
+
+def test_a_held_run_alerts_by_default_with_the_guard_that_held_it(
+    driver: EngineDriver, workspace_id: str, warehouse: Warehouse, sink: FakeHttpSink,  # noqa: F811
+    raised: list,
+) -> None:
+    channel(workspace_id, "https://hooks.example.com/defaults")
+    setup = make_sync(workspace_id, {"url": warehouse.url}, sink.url, mode="mirror")
+    warehouse.insert(150)
+    assert driver.run(setup).status == "succeeded"
+    assert events_of(raised) == []
+    warehouse.execute("DELETE FROM warehouse.people")  # the upstream table was truncated
+    held = driver.run(setup)
+    assert held.status == "held"
+    (alert,) = [alert for _, alert in raised]
+    assert alert["event"] == "run_held"
+    assert alert["run"]["id"] == held.id
+    assert "maxRemovedPercent" in alert["run"]["error"]
+    assert "held" in alert["summary"]
