@@ -31,7 +31,7 @@ from shared.services.run_events import run_ended, run_started
 from shared.settings import get_settings
 from worker import dispatch, keys, payloads
 from worker.destinations import destination_for
-from worker.executor import MustWait, write_with_retries
+from worker.executor import MustWait, RetryPolicy, write_with_retries
 from worker.planner import (
     Heartbeat,
     PlannerMustWait,
@@ -152,11 +152,17 @@ def _hand_back_run(lease: repo.Lease, wait_s: float = 0.0, why: str | None = Non
     worker plans it at once rather than after the lease runs out. Its new token fences every
     batch stored so far; what was written of them is in the snapshot and not sent again."""
     with transaction() as conn:
-        released = repo.release_lease(conn, lease.run_id, lease.fencing_token, wait_s)
-    if released:
-        log.info("run %s handed back for %.1f s: %s", lease.run_id, wait_s,
-                 why or "this worker is stopping")
-        dispatch.enqueue_run(lease.run_id, countdown=wait_s)
+        waits = repo.release_lease(conn, lease.run_id, lease.fencing_token, wait_s)
+    if waits is None:
+        return
+    if wait_s > 0 and waits > RetryPolicy().attempts:
+        # The destination kept asking to wait (or stayed away) through every try a batch
+        # would get: the run fails, as a batch's records would go to the DLQ.
+        _end_early(lease, "failed", f"the destination is unavailable: {why}")
+        return
+    log.info("run %s handed back for %.1f s: %s", lease.run_id, wait_s,
+             why or "this worker is stopping")
+    dispatch.enqueue_run(lease.run_id, countdown=wait_s)
 
 
 def _stop_planning_cancelled(lease: repo.Lease) -> None:

@@ -118,7 +118,7 @@ class EngineDriver:
         self.parked: list[tuple[str, int, int]] = []
         self.lock = threading.Lock()
         monkeypatch.setattr(dispatch, "enqueue_batch", self._collect)
-        monkeypatch.setattr(dispatch, "enqueue_run", lambda run_id: None)
+        monkeypatch.setattr(dispatch, "enqueue_run", lambda run_id, countdown=0.0: None)
         monkeypatch.setattr(run_service, "enqueue", lambda run_ids: None)
 
     def _collect(self, run_id: str, batch_no: int, token: int, countdown: float = 0.0) -> None:

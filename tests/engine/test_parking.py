@@ -204,3 +204,27 @@ def test_a_run_over_the_workspace_cap_stays_queued_and_starts_when_a_place_frees
     finally:
         monkeypatch.delenv("RETL_MAX_RUNS_PER_WORKSPACE")
         get_settings.cache_clear()
+
+
+def test_a_planner_handed_back_more_often_than_a_batch_is_tried_fails_the_run(
+    driver: EngineDriver, people_sync, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connectors.errors import RetryableError
+    from worker import planner
+    from worker.executor import MustWait, RetryPolicy
+
+    def quota_exhausted(*_args, **_kwargs):
+        raise MustWait(30.0, 1, RetryableError("REQUEST_LIMIT_EXCEEDED: quota used up"))
+
+    monkeypatch.setattr(planner, "call_or_must_wait", quota_exhausted)
+    warehouse.insert(5)
+    run_id = driver.trigger(people_sync())
+    for _ in range(RetryPolicy().attempts):
+        assert driver.engine.execute_run(run_id) is None
+        assert get_run(run_id).status == "running"  # handed back, waiting for its lease
+        with transaction() as conn:  # the wait is over
+            conn.execute("UPDATE runs SET lease_expires_at = now() WHERE id = %s", (run_id,))
+    assert driver.engine.execute_run(run_id) is None
+    run = get_run(run_id)
+    assert run.status == "failed"
+    assert "the destination is unavailable" in run.error and "quota used up" in run.error

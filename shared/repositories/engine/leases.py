@@ -171,18 +171,20 @@ def next_queued_run(conn: psycopg.Connection, workspace_id: str) -> str | None:
 
 def release_lease(
     conn: psycopg.Connection, run_id: str, token: int, wait_s: float = 0.0
-) -> bool:
+) -> int | None:
     """The planner hands its run back (its worker is stopping, or the destination asked to
     wait): the lease ends in `wait_s`, with no owner, so the next worker to take the run
     (`take_lease`) plans it again from then, with a new token that fences everything the old
-    one stored. False when the run was no longer this token's."""
+    one stored. A wait is counted: the run's waits so far, or None when the run was no longer
+    this token's."""
     row = conn.execute(
-        "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s),"
-        " lease_owner = NULL, updated_at = now()"
-        " WHERE id = %s AND fencing_token = %s AND status = 'running' RETURNING 1",
-        (wait_s, run_id, token),
+        "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %(wait)s),"
+        " lease_owner = NULL, plan_waits = plan_waits + (%(wait)s > 0)::int, updated_at = now()"
+        " WHERE id = %(run)s AND fencing_token = %(token)s AND status = 'running'"
+        " RETURNING plan_waits",
+        {"wait": wait_s, "run": run_id, "token": token},
     ).fetchone()
-    return row is not None
+    return None if row is None else row[0]
 
 
 def current_token(conn: psycopg.Connection, run_id: str) -> int | None:
