@@ -166,7 +166,7 @@ def seed_snapshot(sync_id: str, fast: bool) -> None:
     """The snapshot a first run would leave, written straight from the source's own key and
     hash stream (a first run of ten million rows through a receiver would take minutes);
     without `fast`, md5 hashes, as snapshots written before typed hashes hold."""
-    source = PostgresSource({"url": _url(WAREHOUSE_DB)})
+    source = PostgresSource({"url": _url(WAREHOUSE_DB)}, allow_privileged=True)
     columns = source.columns(PEOPLE)
     plan = mapping.plan_for(MAPPINGS, columns, object_name="records", mode="upsert")
     with psycopg.connect(_url(STATE_DB)) as conn:

@@ -323,6 +323,7 @@ def _diff(
             repo.fence(conn, lease.run_id, lease.fencing_token)
             repo.set_rows_read(conn, lease.run_id, rows)
 
+    keys_unique = _keys_unique(source, sync.source_query, plan.key_column)
     with db.connect() as pg:
         repo.create_stage(pg)
         salted = _salted(source)
@@ -340,7 +341,7 @@ def _diff(
         repo.fence(pg, lease.run_id, lease.fencing_token)
         if replay:
             repo.restrict_stage_to_keys(pg, lease.replay_keys or [])
-        rejects = repo.stage_rejects(pg, lease.run_id)
+        rejects = repo.stage_rejects(pg, lease.run_id, keys_unique=keys_unique)
         counts = repo.diff_into_ops(
             pg, run_id=lease.run_id, sync_id=sync.id, fingerprint=plan.fingerprint,
             mode=sync.sync_mode, resend_all=lease.full_refresh or replay,
@@ -351,6 +352,13 @@ def _diff(
         pg.commit()
     dup_keys = {r.record_key for r in rejects if r.error_code == "DUPLICATE_KEY"}
     return counts, dup_keys
+
+
+def _keys_unique(source: Source, query: str, key_column: str | None) -> bool:
+    """Whether the source, asked before its rows are read, counts no null or repeated key."""
+    if key_column is None or not getattr(type(source), "counts_repeated_keys", False):
+        return False
+    return source.repeated_keys(query, key_column) == 0
 
 
 def _pack_changed_rows(
