@@ -327,8 +327,11 @@ def _diff(
     with db.connect() as pg:
         repo.create_stage(pg)
         salted = _salted(source)
+        # Rows made COPY text by the source are staged without a Python call each.
+        lines = bool(getattr(type(source), "streams_key_hash_lines", False)) and salted
+        read_key_hashes = source.stream_key_hash_lines if lines else source.stream_key_hashes
         if salted:
-            chunks = source.stream_key_hashes(
+            chunks = read_key_hashes(
                 sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK,
                 salt=plan.fingerprint, **_hash_options(context, source),
             )
@@ -336,7 +339,7 @@ def _diff(
             chunks = source.stream_key_hashes(
                 sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK
             )
-        read = repo.copy_into_stage(pg, chunks, on_chunk)
+        read = repo.copy_into_stage(pg, chunks, on_chunk, lines=lines)
         heartbeat.check()
         repo.fence(pg, lease.run_id, lease.fencing_token)
         if replay:

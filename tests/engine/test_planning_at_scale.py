@@ -107,3 +107,47 @@ def test_a_postgres_second_run_fails_null_and_repeated_keys(driver: EngineDriver
     assert (run.rows_read, run.rows_changed, run.rows_unchanged, run.rows_failed) == (23, 1, 19, 3)
     assert sorted(code for code, _ in _failures(setup.workspace_id, setup.sync_id)) == [
         "DUPLICATE_KEY", "NULL_KEY"]
+
+
+NASTY_KEYS = "SELECT * FROM (VALUES ('tab\tkey', 1), ('new\nline', 2), ('back\\slash', 3),"\
+    " ('cr\rkey', 4), (NULL, 5), ('\\N', 6)) AS t(id, n)"
+
+
+def _copy_text(key: str | None, content_hash: str) -> str:
+    if key is None:
+        return "\\N\t" + content_hash
+    escaped = key.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return f"{escaped}\t{content_hash}"
+
+
+def test_postgres_key_hash_lines_are_the_key_hashes_as_copy_text(warehouse: Warehouse) -> None:
+    from connectors.sources.postgres import PostgresSource
+
+    source = PostgresSource({"url": warehouse.url})
+    for options in ({"salt": "s"}, {"salt": "s", "fast": True}):
+        rows = [r for c in source.stream_key_hashes(NASTY_KEYS, "id", ["n"], **options) for r in c]
+        lines = [r for c in source.stream_key_hash_lines(NASTY_KEYS, "id", ["n"], **options)
+                 for r in c]
+        assert lines == [_copy_text(key, content_hash) for key, content_hash in rows]
+
+
+def test_duckdb_key_hash_lines_are_the_key_hashes_as_copy_text() -> None:
+    source = DuckDbSource({"path": ":memory:"})
+    rows = [r for c in source.stream_key_hashes(NASTY_KEYS, "id", ["n"], salt="s") for r in c]
+    lines = [r for c in source.stream_key_hash_lines(NASTY_KEYS, "id", ["n"], salt="s") for r in c]
+    assert lines == [_copy_text(key, content_hash) for key, content_hash in rows]
+
+
+def test_keys_with_tabs_newlines_and_backslashes_are_diffed_as_they_are(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:
+    warehouse.insert(6)
+    query = ("SELECT CASE id WHEN 1 THEN E'tab\\tkey' WHEN 2 THEN E'new\\nline'"
+             " WHEN 3 THEN E'back\\\\slash' WHEN 4 THEN '\\N' ELSE id::text END AS id, email, name"
+             " FROM warehouse.people")
+    setup = people_sync(query=query)
+    assert driver.run(setup).rows_written == 6
+    warehouse.execute("UPDATE warehouse.people SET name = 'Changed' WHERE id IN (2, 3)")
+    sink.received.clear()
+    run = driver.run(setup)
+    assert run.status == "succeeded", run.error
+    assert _sent(sink) == Counter({"new\nline": 1, "back\\slash": 1})
+    assert (run.rows_added, run.rows_changed, run.rows_unchanged, run.rows_failed) == (0, 2, 4, 0)

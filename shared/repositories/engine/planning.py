@@ -27,28 +27,36 @@ def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
 
 
 def create_stage(conn: psycopg.Connection) -> None:
-    """A session-private table for (position, key, hash) of every row the source returned."""
+    """A session-private table for (position, key, hash) of every row the source returned; the
+    position is given as the rows arrive."""
     conn.execute("DROP TABLE IF EXISTS retl_stage")
     conn.execute(
-        "CREATE TEMP TABLE retl_stage (seq bigint, record_key text, content_hash text)"
-        " ON COMMIT PRESERVE ROWS"
+        "CREATE TEMP TABLE retl_stage (seq bigint GENERATED ALWAYS AS IDENTITY, record_key text,"
+        " content_hash text) ON COMMIT PRESERVE ROWS"
     )
 
 
 def copy_into_stage(
-    conn: psycopg.Connection, chunks: Iterable[list[tuple[str | None, str]]], on_chunk=None
+    conn: psycopg.Connection, chunks: Iterable[list[tuple[str | None, str]]] | Iterable[list[str]],
+    on_chunk=None, *, lines: bool = False,
 ) -> int:
-    """COPY the (key, hash) chunks into the stage in arrival order; the number of rows."""
-    seq = 0
+    """COPY the (key, hash) chunks into the stage in arrival order; the number of rows.
+    `lines`: the chunks hold rows already as lines of COPY text (`stream_key_hash_lines`),
+    written as they are."""
+    read = 0
     with conn.cursor() as cur:
-        with cur.copy("COPY retl_stage (seq, record_key, content_hash) FROM STDIN") as copy:
+        with cur.copy("COPY retl_stage (record_key, content_hash) FROM STDIN") as copy:
             for chunk in chunks:
-                for key, content_hash in chunk:
-                    seq += 1
-                    copy.write_row((seq, key, content_hash))
+                if lines:
+                    if chunk:
+                        copy.write("\n".join(chunk) + "\n")
+                else:
+                    for row in chunk:
+                        copy.write_row(row)
+                read += len(chunk)
                 if on_chunk is not None:
-                    on_chunk(seq)
-    return seq
+                    on_chunk(read)
+    return read
 
 
 def restrict_stage_to_keys(conn: psycopg.Connection, keys: list[str]) -> None:
