@@ -27,12 +27,13 @@ def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
 
 
 def create_stage(conn: psycopg.Connection) -> None:
-    """A session-private table for (position, key, hash) of every row the source returned; the
-    position is given as the rows arrive."""
+    """A session-private table for (key, hash) of every row the source returned. Its rows lie
+    in the order they arrived (a new table is filled from its start), so a row's `ctid` is its
+    position: numbering them cost the COPY half as much again."""
     conn.execute("DROP TABLE IF EXISTS retl_stage")
     conn.execute(
-        "CREATE TEMP TABLE retl_stage (seq bigint GENERATED ALWAYS AS IDENTITY, record_key text,"
-        " content_hash text) ON COMMIT PRESERVE ROWS"
+        "CREATE TEMP TABLE retl_stage (record_key text, content_hash text)"
+        " ON COMMIT PRESERVE ROWS"
     )
 
 
@@ -96,7 +97,7 @@ def stage_rejects(
     # One pass over the stage finds both: the null keys are a group of their own.
     conn.execute(
         "CREATE TEMP TABLE retl_dups ON COMMIT DROP AS"
-        " SELECT record_key, min(seq) AS first_seq, count(*) - 1 AS extra FROM retl_stage"
+        " SELECT record_key, min(ctid) AS first_row, count(*) - 1 AS extra FROM retl_stage"
         " GROUP BY record_key HAVING count(*) > 1 OR record_key IS NULL"
     )
     found = dict(conn.execute(
@@ -106,7 +107,7 @@ def stage_rejects(
     if found.get(False):
         conn.execute(
             "DELETE FROM retl_stage s USING retl_dups d"
-            " WHERE s.record_key = d.record_key AND s.seq <> d.first_seq"
+            " WHERE s.record_key = d.record_key AND s.ctid <> d.first_row"
         )
     if nulls:
         conn.execute("DELETE FROM retl_stage WHERE record_key IS NULL")
