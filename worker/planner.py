@@ -341,7 +341,6 @@ def _diff(
             )
         read = repo.copy_into_stage(pg, chunks, on_chunk, lines=lines)
         heartbeat.check()
-        repo.fence(pg, lease.run_id, lease.fencing_token)
         if replay:
             repo.restrict_stage_to_keys(pg, lease.replay_keys or [])
         rejects = repo.stage_rejects(pg, lease.run_id, keys_unique=keys_unique)
@@ -351,6 +350,9 @@ def _diff(
             detect_removed=sync.sync_mode == "mirror" and not replay, salted=salted,
         )
         failed_rows = sum(r.rows for r in rejects)
+        # Fenced last: the run's row stays locked only from here to the commit, so the lease's
+        # renewal is not held up by the diff (a minute and more at ten million rows).
+        repo.fence(pg, lease.run_id, lease.fencing_token)
         repo.set_plan_counts(pg, lease.run_id, read=read, counts=counts, failed=failed_rows)
         pg.commit()
     dup_keys = {r.record_key for r in rejects if r.error_code == "DUPLICATE_KEY"}

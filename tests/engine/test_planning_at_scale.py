@@ -183,3 +183,32 @@ def test_planning_memory_does_not_grow_with_the_rows_read(driver: EngineDriver, 
     # 58,000 more keys and hashes held at once would take several MB; the stream holds one
     # chunk. What does grow is the 1% that goes out (580 more records).
     assert peaks[1] - peaks[0] < 1_500_000, peaks
+
+
+def test_the_lease_is_renewed_while_the_diff_runs(driver: EngineDriver, people_sync, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.db import transaction
+    from shared.repositories import engine as repo
+    from worker import planner
+
+    warehouse.insert(30)
+    setup = people_sync()
+    driver.run(setup)
+    warehouse.execute("UPDATE warehouse.people SET name = 'Changed' WHERE id = 3")
+    renewed: list[bool | None] = []
+    original = repo.diff_into_ops
+
+    def diff_then_renew(conn, **options):
+        counts = original(conn, **options)
+        # The heartbeat, from its own connection, while the diff's transaction is still open.
+        with transaction() as other:
+            other.execute("SET LOCAL lock_timeout = '5s'")
+            token = other.execute("SELECT fencing_token FROM runs WHERE id = %s",
+                                  (options["run_id"],)).fetchone()[0]
+            renewed.append(repo.heartbeat(other, options["run_id"], token, 60))
+        return counts
+
+    monkeypatch.setattr(planner.repo, "diff_into_ops", diff_then_renew)
+    run = driver.run(setup)
+    assert run.status == "succeeded", run.error
+    assert renewed == [False]
+    assert run.rows_changed == 1
