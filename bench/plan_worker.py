@@ -20,8 +20,16 @@ def peak_rss_mb() -> float:
 
 
 def main(run_id: str) -> None:
+    from connectors import registry
+    from connectors.sources import duckdb as duckdb_source
     from worker import dispatch
     from worker import runs as engine
+
+    # What a worker process has done before its first task (worker/app.py): the connectors
+    # loaded, DuckDB's query parser open.
+    registry.destinations()
+    registry.sources()
+    duckdb_source.warm_up()
 
     batches: list[tuple[str, int, int]] = []
     dispatch.enqueue_batch = lambda *job, **_: batches.append(job)  # written after the plan

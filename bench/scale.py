@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import duckdb  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
@@ -39,6 +40,8 @@ from bench.run import (  # noqa: E402 - bench.run sets the engine's environment 
     recreate,
     timed_run,
 )
+from connectors.sources.base import Source  # noqa: E402
+from connectors.sources.duckdb import DuckDbSource  # noqa: E402
 from connectors.sources.postgres import PostgresSource  # noqa: E402
 from shared.db import transaction  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
@@ -162,11 +165,13 @@ def bench_window(workspace_id: str, workdir: Path, limit: int, per_seconds: floa
                 f"{len(sink.arrivals)} requests in {took:.1f} s, mean {mean:.1f} per window")]
 
 
-def seed_snapshot(sync_id: str, fast: bool) -> None:
+def seed_snapshot(sync_id: str, fast: bool, source: Source | None = None) -> None:
     """The snapshot a first run would leave, written straight from the source's own key and
     hash stream (a first run of ten million rows through a receiver would take minutes);
-    without `fast`, md5 hashes, as snapshots written before typed hashes hold."""
-    source = PostgresSource({"url": _url(WAREHOUSE_DB)})
+    without `fast`, md5 hashes, as snapshots written before typed hashes hold. The source is
+    the warehouse's Postgres unless given."""
+    source = source or PostgresSource({"url": _url(WAREHOUSE_DB)}, allow_privileged=True)
+    options = {"fast": True} if fast else {}
     columns = source.columns(PEOPLE)
     plan = mapping.plan_for(MAPPINGS, columns, object_name="records", mode="upsert")
     with psycopg.connect(_url(STATE_DB)) as conn:
@@ -174,7 +179,7 @@ def seed_snapshot(sync_id: str, fast: bool) -> None:
             "COPY sync_snapshots (sync_id, record_key, content_hash) FROM STDIN"
         ) as copy:
             for chunk in source.stream_key_hashes(PEOPLE, plan.key_column, plan.read_columns,
-                                                  salt=plan.fingerprint, fast=fast):
+                                                  salt=plan.fingerprint, **options):
                 for key, content_hash in chunk:
                     copy.write_row((sync_id, key, content_hash))
     source.close()
@@ -203,6 +208,28 @@ def bench_big_plan(rows: int, workspace_id: str, fast: bool) -> list[Row]:
     ]
 
 
+def bench_duckdb_plan(rows: int, workspace_id: str, workdir: Path) -> list[Row]:
+    """A DuckDB file of `rows` rows whose snapshot holds every row, then 1% changed: the second
+    run planned and its batches sent (sequentially, in the planning process)."""
+    path = str(workdir / "plan.duckdb")
+    build_duckdb_people(path, rows)
+    with TimedSink() as sink:
+        sync_id = sync_to(workspace_id, ("duckdb", {"path": path}), sink.url, "duck-plan",
+                          {"batchSize": 1000, "rateLimitPerSecond": 100_000})
+        seed_snapshot(sync_id, False, DuckDbSource({"path": path}))
+        with duckdb.connect(path) as conn:
+            changed = conn.execute(
+                "UPDATE people SET name = name || ' (changed)' WHERE id % 100 = 0"
+            ).fetchone()[0]
+        result = plan_in_subprocess(workspace_id, sync_id)
+        assert result["status"] == "succeeded", result
+        sent = sum(len(b.records) for b in sink.received)
+    took = result["plan_s"] + result["write_s"]
+    return [Row(f"DuckDB plan and send, {rows:,} rows, 1% changed", f"{took:.1f} s", "< 2 s",
+                f"plan {result['plan_s']:.1f} s + writes {result['write_s']:.1f} s;"
+                f" {changed:,} changed, {sent:,} sent")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fleet-rows", type=int, default=20_000)
@@ -211,6 +238,8 @@ def main() -> None:
     parser.add_argument("--skip-fleet", action="store_true")
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--skip-plan", action="store_true")
+    parser.add_argument("--duckdb-plan-rows", type=int, default=1_000_000)
+    parser.add_argument("--skip-duckdb-plan", action="store_true")
     parser.add_argument("--md5-too", action="store_true",
                         help="also plan against a snapshot of md5 hashes (the older form)")
     args = parser.parse_args()
@@ -226,6 +255,8 @@ def main() -> None:
             table += bench_fleet(args.fleet_rows, workspace_id, Path(tmp))
         if not args.skip_window:
             table += bench_window(workspace_id, Path(tmp), 20, 1.0, args.window_requests)
+        if not args.skip_duckdb_plan:
+            table += bench_duckdb_plan(args.duckdb_plan_rows, workspace_id, Path(tmp))
         if not args.skip_plan:
             table += bench_big_plan(args.plan_rows, workspace_id, fast=True)
             if args.md5_too:

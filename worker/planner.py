@@ -413,11 +413,15 @@ def _diff(
             repo.fence(conn, lease.run_id, lease.fencing_token)
             repo.set_rows_read(conn, lease.run_id, rows)
 
+    keys_unique = _keys_unique(source, sync.source_query, plan.key_column)
     with db.connect() as pg:
         repo.create_stage(pg)
         salted = _salted(source)
+        # Rows made COPY text by the source are staged without a Python call each.
+        lines = bool(getattr(type(source), "streams_key_hash_lines", False)) and salted
+        read_key_hashes = source.stream_key_hash_lines if lines else source.stream_key_hashes
         if salted:
-            chunks = source.stream_key_hashes(
+            chunks = read_key_hashes(
                 sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK,
                 salt=plan.fingerprint, **_hash_options(context, source),
             )
@@ -425,18 +429,20 @@ def _diff(
             chunks = source.stream_key_hashes(
                 sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK
             )
-        read = repo.copy_into_stage(pg, chunks, on_chunk)
+        read = repo.copy_into_stage(pg, chunks, on_chunk, lines=lines)
         heartbeat.check()
-        repo.fence(pg, lease.run_id, lease.fencing_token)
         if replay:
             repo.restrict_stage_to_keys(pg, lease.replay_keys or [])
-        rejects = repo.stage_rejects(pg, lease.run_id)
+        rejects = repo.stage_rejects(pg, lease.run_id, keys_unique=keys_unique)
         counts = repo.diff_into_ops(
             pg, run_id=lease.run_id, sync_id=sync.id, fingerprint=plan.fingerprint,
             mode=sync.sync_mode, resend_all=lease.full_refresh or replay,
             detect_removed=sync.sync_mode == "mirror" and not replay, salted=salted,
         )
         failed_rows = sum(r.rows for r in rejects)
+        # Fenced last: the run's row stays locked only from here to the commit, so the lease's
+        # renewal is not held up by the diff (a minute and more at ten million rows).
+        repo.fence(pg, lease.run_id, lease.fencing_token)
         repo.set_plan_counts(pg, lease.run_id, read=read, counts=counts, failed=failed_rows)
         pg.commit()
     dup_keys = {r.record_key for r in rejects if r.error_code == "DUPLICATE_KEY"}
@@ -466,6 +472,13 @@ def plan_numbers(mode: str, counts: repo.DiffCounts, held: int) -> guards.PlanNu
         held=held, removed=removed, changed=0 if mode == "delete" else counts.changed,
         source_rows=counts.added + counts.changed + counts.unchanged,
     )
+
+
+def _keys_unique(source: Source, query: str, key_column: str | None) -> bool:
+    """Whether the source, asked before its rows are read, counts no null or repeated key."""
+    if key_column is None or not getattr(type(source), "counts_repeated_keys", False):
+        return False
+    return source.repeated_keys(query, key_column) == 0
 
 
 def _pack_changed_rows(

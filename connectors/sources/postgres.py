@@ -115,6 +115,11 @@ _VALUE_HASHED_TYPES = frozenset(
 )
 
 
+# Key column types (by oid) whose text form casts back to the same value: int8, int2, int4,
+# text, varchar, uuid.
+_KEY_TYPES = {20: "int8", 21: "int2", 23: "int4", 25: "text", 1043: "varchar", 2950: "uuid"}
+
+
 def _seed(salt: str) -> int:
     """The salt as the 64-bit seed of Postgres's extended hash functions."""
     return int.from_bytes(hashlib.md5(salt.encode()).digest()[:8], "big", signed=True)
@@ -130,6 +135,7 @@ class PostgresSource(Source):
     # ... and `fast=True`: a 64-bit hash of the typed values (hash_record_extended) instead of
     # md5 over the row's text, about a third of the source's work.
     fast_hashes: ClassVar[bool] = True
+    streams_key_hash_lines: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "url", required=True, secret=True,
@@ -274,6 +280,23 @@ class PostgresSource(Source):
         )
         yield from self._run(query, statement, chunk_size=chunk_size)
 
+    def stream_key_hash_lines(
+        self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 50_000,
+        *, salt: str = "", fast: bool = False,
+    ) -> Iterator[list[str]]:
+        """stream_key_hashes as lines of COPY text, one a row (see Source)."""
+        key = self._key_expression(key_column, columns)
+        escaped = sql.SQL(
+            "coalesce(replace(replace(replace(replace({}, chr(92), chr(92) || chr(92)),"
+            " chr(9), chr(92) || 't'), chr(10), chr(92) || 'n'), chr(13), chr(92) || 'r'),"
+            " chr(92) || 'N')"
+        ).format(key)
+        statement = sql.SQL("SELECT {} || chr(9) || {} FROM {}").format(
+            escaped, self._content_hash(query, columns, salt, fast), self._wrapped(query),
+        )
+        for chunk in self._run(query, statement, chunk_size=chunk_size):
+            yield [row[0] for row in chunk]
+
     def stream_rows_for_keys(
         self, query: str, key_column: str | None, columns: list[str], keys: list[str] | None,
         chunk_size: int = 10_000,
@@ -287,12 +310,29 @@ class PostgresSource(Source):
             sql.SQL(", ").join(selected), self._wrapped(query)
         )
         params: tuple = ()
-        if keys is not None:
+        key_type = self._key_type(query, key_column) if keys is not None else None
+        if key_type is not None:
+            # The keys as the column's own values: the filter reaches the query's table, and an
+            # index on the key finds the few rows asked for without reading the rest.
+            statement = sql.SQL("{} WHERE {} = ANY(%s::{}[])").format(
+                statement, sql.Identifier("q", key_column), sql.SQL(key_type)
+            )
+            params = (keys,)
+        elif keys is not None:
             statement = sql.SQL("SELECT * FROM ({}) AS k WHERE k.__retl_key = ANY(%s::text[])").format(
                 statement
             )
             params = (keys,)
         yield from self._run(query, statement, params, chunk_size=chunk_size)
+
+    def _key_type(self, query: str, key_column: str | None) -> str | None:
+        """The key column's type when its text form reads back as the same value (integers,
+        text, uuid), so keys can be compared as values; None otherwise."""
+        if key_column is None:
+            return None
+        if query not in self._column_types:
+            self.columns(query)
+        return _KEY_TYPES.get(self._column_types[query].get(key_column, 0))
 
     def stream_rows_with_hashes(
         self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 10_000,

@@ -300,7 +300,7 @@ def test_postgres_source_reads_with_its_own_read_only_transaction(warehouse: War
         assert conn.execute("SHOW transaction_read_only").fetchone()[0] == "off"
 
 
-@pytest.mark.parametrize("read", ["columns", "stream", "stream_key_hashes"])
+@pytest.mark.parametrize("read", ["columns", "stream", "stream_key_hashes", "stream_key_hash_lines"])
 def test_postgres_query_cannot_smuggle_a_second_statement(warehouse: Warehouse, read: str) -> None:
     warehouse.execute("CREATE TABLE warehouse.accounts (id int)")
     smuggled = "SELECT 1 AS id) AS q LIMIT 0; COMMIT; DROP TABLE warehouse.accounts; SELECT * FROM (SELECT 1 AS id"
@@ -309,6 +309,7 @@ def test_postgres_query_cannot_smuggle_a_second_statement(warehouse: Warehouse, 
         "columns": lambda: source.columns(smuggled),
         "stream": lambda: _all(source.stream(smuggled)),
         "stream_key_hashes": lambda: _all(source.stream_key_hashes(smuggled, "id", ["id"])),
+        "stream_key_hash_lines": lambda: _all(source.stream_key_hash_lines(smuggled, "id", ["id"])),
     }
     with pytest.raises(ConnectorError):
         calls[read]()

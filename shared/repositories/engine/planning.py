@@ -28,28 +28,37 @@ def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
 
 
 def create_stage(conn: psycopg.Connection) -> None:
-    """A session-private table for (position, key, hash) of every row the source returned."""
+    """A session-private table for (key, hash) of every row the source returned. Its rows lie
+    in the order they arrived (a new table is filled from its start), so a row's `ctid` is its
+    position: numbering them cost the COPY half as much again."""
     conn.execute("DROP TABLE IF EXISTS retl_stage")
     conn.execute(
-        "CREATE TEMP TABLE retl_stage (seq bigint, record_key text, content_hash text)"
+        "CREATE TEMP TABLE retl_stage (record_key text, content_hash text)"
         " ON COMMIT PRESERVE ROWS"
     )
 
 
 def copy_into_stage(
-    conn: psycopg.Connection, chunks: Iterable[list[tuple[str | None, str]]], on_chunk=None
+    conn: psycopg.Connection, chunks: Iterable[list[tuple[str | None, str]]] | Iterable[list[str]],
+    on_chunk=None, *, lines: bool = False,
 ) -> int:
-    """COPY the (key, hash) chunks into the stage in arrival order; the number of rows."""
-    seq = 0
+    """COPY the (key, hash) chunks into the stage in arrival order; the number of rows.
+    `lines`: the chunks hold rows already as lines of COPY text (`stream_key_hash_lines`),
+    written as they are."""
+    read = 0
     with conn.cursor() as cur:
-        with cur.copy("COPY retl_stage (seq, record_key, content_hash) FROM STDIN") as copy:
+        with cur.copy("COPY retl_stage (record_key, content_hash) FROM STDIN") as copy:
             for chunk in chunks:
-                for key, content_hash in chunk:
-                    seq += 1
-                    copy.write_row((seq, key, content_hash))
+                if lines:
+                    if chunk:
+                        copy.write("\n".join(chunk) + "\n")
+                else:
+                    for row in chunk:
+                        copy.write_row(row)
+                read += len(chunk)
                 if on_chunk is not None:
-                    on_chunk(seq)
-    return seq
+                    on_chunk(read)
+    return read
 
 
 def restrict_stage_to_keys(conn: psycopg.Connection, keys: list[str]) -> None:
@@ -60,6 +69,14 @@ def restrict_stage_to_keys(conn: psycopg.Connection, keys: list[str]) -> None:
     )
 
 
+def _sized_for_the_stage(conn: psycopg.Connection) -> None:
+    """For the rest of the transaction: aggregates and hash joins over the whole stage keep
+    their tables in memory (a stage of a million keys spills past the default 4 MB), and no
+    JIT compiling, which costs more than it saves on these few simple statements."""
+    conn.execute("SET LOCAL work_mem = '256MB'")
+    conn.execute("SET LOCAL jit = off")
+
+
 @dataclass
 class Rejected:
     record_key: str
@@ -67,25 +84,40 @@ class Rejected:
     rows: int
 
 
-def stage_rejects(conn: psycopg.Connection, run_id: str) -> list[Rejected]:
+def stage_rejects(
+    conn: psycopg.Connection, run_id: str, *, keys_unique: bool = False
+) -> list[Rejected]:
     """Rows with a null key (one failure, key '') and every later occurrence of a duplicate key
-    become failures of the run; the rows that stay are the first occurrence of each key."""
+    become failures of the run; the rows that stay are the first occurrence of each key.
+    `keys_unique`: the source counted no null or repeated key, so none is looked for (a pass
+    over the whole stage)."""
+    _sized_for_the_stage(conn)
     conn.execute("ANALYZE retl_stage")
+    if keys_unique:
+        return []
+    # One pass over the stage finds both: the null keys are a group of their own.
     conn.execute(
         "CREATE TEMP TABLE retl_dups ON COMMIT DROP AS"
-        " SELECT record_key, min(seq) AS first_seq, count(*) - 1 AS extra FROM retl_stage"
-        " WHERE record_key IS NOT NULL GROUP BY record_key HAVING count(*) > 1"
+        " SELECT record_key, min(ctid) AS first_row, count(*) - 1 AS extra FROM retl_stage"
+        " GROUP BY record_key HAVING count(*) > 1 OR record_key IS NULL"
     )
-    conn.execute(
-        "DELETE FROM retl_stage s USING retl_dups d"
-        " WHERE s.record_key = d.record_key AND s.seq <> d.first_seq"
-    )
-    nulls = conn.execute("DELETE FROM retl_stage WHERE record_key IS NULL").rowcount
+    found = dict(conn.execute(
+        "SELECT record_key IS NULL, sum(extra + 1) FROM retl_dups GROUP BY 1"
+    ).fetchall())
+    nulls = int(found.get(True) or 0)
+    if found.get(False):
+        conn.execute(
+            "DELETE FROM retl_stage s USING retl_dups d"
+            " WHERE s.record_key = d.record_key AND s.ctid <> d.first_row"
+        )
+    if nulls:
+        conn.execute("DELETE FROM retl_stage WHERE record_key IS NULL")
     conn.execute(
         "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
         " SELECT %s, record_key, record_key, 'DUPLICATE_KEY',"
         "  'the key ' || record_key || ' appears ' || (extra + 1)"
-        "  || ' times in the result; the first row was used', extra FROM retl_dups",
+        "  || ' times in the result; the first row was used', extra FROM retl_dups"
+        " WHERE record_key IS NOT NULL",
         (run_id,),
     )
     if nulls:
@@ -122,9 +154,7 @@ def diff_into_ops(
     records too."""
     operation = {"mirror": "upsert", "upsert": "upsert", "insert": "insert",
                  "update": "update", "delete": "delete"}[mode]
-    # Classify without materialising the join: one pass counts every class, a second stages
-    # only the records that go out. The hash join of a large sync needs memory, not disk.
-    conn.execute("SET LOCAL work_mem = '256MB'")
+    _sized_for_the_stage(conn)
     content = "s.content_hash" if salted else "md5(s.content_hash || %(fp)s)"
     change = (
         "CASE WHEN p.record_key IS NULL THEN 'added'"
@@ -136,25 +166,41 @@ def diff_into_ops(
         " ON p.sync_id = %(sync)s AND p.record_key = s.record_key"
     )
     params = {"fp": fingerprint, "sync": sync_id, "run": run_id, "op": operation}
-    added, unchanged, total = conn.execute(
-        "SELECT count(*) FILTER (WHERE p.record_key IS NULL),"
-        f" count(*) FILTER (WHERE p.content_hash = {content}),"
-        f" count(*){joined}",
-        params,
-    ).fetchone()
-    counts = DiffCounts(added=added, unchanged=unchanged, changed=total - added - unchanged)
     if resend_all:
         sends = "true"
     elif mode == "insert":
         sends = "p.record_key IS NULL"
     else:
         sends = f"p.content_hash IS DISTINCT FROM {content}"
-    counts.outgoing = conn.execute(
+    staged_ops = (
         "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
         f" SELECT %(run)s, s.record_key, %(op)s, {change}, {content}"
-        f"{joined} WHERE {sends}",
-        params,
-    ).rowcount
+        f"{joined} WHERE {sends}"
+    )
+    if mode == "insert" and not resend_all:
+        # Only the added go out, so the changed and the unchanged are told apart by a pass
+        # of their own.
+        added, unchanged, total = conn.execute(
+            "SELECT count(*) FILTER (WHERE p.record_key IS NULL),"
+            f" count(*) FILTER (WHERE p.content_hash = {content}),"
+            f" count(*){joined}",
+            params,
+        ).fetchone()
+        counts = DiffCounts(added=added, unchanged=unchanged, changed=total - added - unchanged)
+        counts.outgoing = conn.execute(staged_ops, params).rowcount
+    else:
+        # One join: every record that is not unchanged goes out, so the classes are counted
+        # from what was staged and the unchanged are the rest of the stage.
+        added, changed, outgoing = conn.execute(
+            f"WITH sent AS ({staged_ops} RETURNING change)"
+            " SELECT count(*) FILTER (WHERE change = 'added'),"
+            " count(*) FILTER (WHERE change = 'changed'), count(*) FROM sent",
+            params,
+        ).fetchone()
+        staged = conn.execute("SELECT count(*) FROM retl_stage").fetchone()[0]
+        counts = DiffCounts(
+            added=added, changed=changed, unchanged=staged - added - changed, outgoing=outgoing
+        )
     if detect_removed:
         counts.removed = counts.deletes = conn.execute(
             "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
