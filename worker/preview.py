@@ -27,7 +27,7 @@ from shared.repositories import engine as repo
 from shared.services import syncs as sync_service
 from shared.services.connections import open_connector
 from shared.settings import get_settings
-from worker import mapping, planner
+from worker import keys, mapping, planner
 
 REASONS = ("NULL_KEY", "DUPLICATE_KEY", "MAPPING")
 _JSON_TYPES = (str, int, float, bool, type(None), list, dict)
@@ -167,10 +167,11 @@ def _plan(
             samples["rejected"].append({"key": failure.key_value, "reason": reject.error_code,
                                         "message": failure.message})
     if mode in ("mirror", "delete"):  # mirror's removals, or every record a delete sync sends
+        # What a delete sends: the key alone, typed as the snapshot says the sync's keys are.
+        kind = (repo.snapshot_key_kind(pg, sync.id) if sync.id else None) or keys.TEXT
         for key in repo.first_keys(pg, preview_id, removed=mode == "mirror", limit=sample):
-            # What a delete sends: the key alone.
             samples["removed"].append(
-                {"key": key, "operation": "delete", "record": {plan.key_field: key}}
+                {"key": key, "operation": "delete", "record": {plan.key_field: keys.typed(key, kind)}}
             )
     if mode != "delete":
         _map_outgoing(pg, preview_id, sync, source, plan, builder, diff, sample, budget,

@@ -96,7 +96,7 @@ def test_a_preview_counts_and_samples_and_changes_nothing(
     assert [(s["key"], s["record"]["email"], s["changed_fields"]) for s in samples["changed"]] == [
         ("1", "new@example.com", None)
     ]
-    assert samples["removed"] == [{"key": "2", "operation": "delete", "record": {"external_id": "2"}}]
+    assert samples["removed"] == [{"key": "2", "operation": "delete", "record": {"external_id": 2}}]
     assert sorted((r["reason"], r["key"]) for r in samples["rejected"]) == [
         ("DUPLICATE_KEY", "3"), ("MAPPING", "4"), ("NULL_KEY", None)
     ]

@@ -90,7 +90,7 @@ def test_a_duckdb_second_run_fails_null_and_repeated_keys_and_sends_the_first_ro
     assert sink.store["5"]["full_name"] == "A first"
     assert (run.rows_read, run.rows_changed, run.rows_unchanged, run.rows_failed) == (32, 1, 29, 2)
     assert _failures(workspace_id, setup.sync_id) == [
-        ("DUPLICATE_KEY", {"external_id": "5"}), ("NULL_KEY", {"external_id": None})]
+        ("DUPLICATE_KEY", {"external_id": 5}), ("NULL_KEY", {"external_id": None})]
 
 
 def test_a_postgres_second_run_fails_null_and_repeated_keys(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:
