@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from flask import Flask
+from werkzeug.routing import BaseConverter
 
 from api import errors, metrics
 from api.routes import alerts, connections, dlq, keys, ops, runs, syncs
@@ -63,6 +64,13 @@ class BodyLimit:
         return [payload]
 
 
+class SyncIdConverter(BaseConverter):
+    """A sync's id in a path: any segment but `preview`, which is the unsaved sync's preview
+    (`POST /syncs/preview`), so that path answers for its own methods only."""
+
+    regex = r"(?!preview$)[^/]+"
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     install_redaction()
     app = Flask(__name__)
@@ -70,6 +78,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     app.json.sort_keys = False
+    app.url_map.converters["sync_id"] = SyncIdConverter
     for blueprint in (
         syncs.bp, runs.bp, dlq.bp, keys.bp, connections.destinations_bp, connections.sources_bp,
         connections.discovery_bp, alerts.bp, ops.bp,

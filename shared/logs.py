@@ -33,7 +33,9 @@ CHATTY_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "
 SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|api_?key|credential|cookie",
                          re.IGNORECASE)
 # Credentials inside text: a URL's password, an API key of retl, a bearer token.
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
+# (Whatever stands before "://": another redactor may have put a scheme that was also a
+# secret's value aside already.)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s/]+@")
 _RETL_KEY = re.compile(r"retl_sk_[A-Za-z0-9_\-]+")
 _BEARER = re.compile(r"(bearer\s+)[^\s'\"]+", re.IGNORECASE)
 MASK = "***"

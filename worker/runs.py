@@ -116,7 +116,10 @@ def _call_writers(lease: repo.Lease) -> None:
     write at once (this process is one), one doorbell each for the run's next pending batches.
     A writer whose batch another took first takes what is left after it (`follow_planner`),
     so a doorbell too many costs a claim, and a fleet with free processes fills the
-    destination's allowance at once rather than one writer a second."""
+    destination's allowance at once rather than one writer a second. With following off, every
+    batch already has its doorbell."""
+    if get_settings().writer_follow_s <= 0:
+        return
     with transaction() as conn:
         sync = syncs.get_by_id(conn, lease.sync_id)
         record = connections.get_by_id(conn, sync.destination_id)

@@ -38,14 +38,14 @@ def create_sync():
     return one(SYNC, sync.id, _attributes, sync, 201)
 
 
-@bp.get("/syncs/<sync_id>")
+@bp.get("/syncs/<sync_id:sync_id>")
 def get_sync(sync_id: str):
     query(schemas.EmptyQuery)
     sync = syncs.get(workspace_id(), sync_id)
     return one(SYNC, sync.id, _attributes, sync)
 
 
-@bp.put("/syncs/<sync_id>")
+@bp.put("/syncs/<sync_id:sync_id>")
 def update_sync(sync_id: str):
     # Partial at the top level only: a mapping that is sent must still be whole.
     top_level = tuple(schemas.SyncBodySchema().fields)
@@ -53,7 +53,7 @@ def update_sync(sync_id: str):
     return one(SYNC, sync.id, _attributes, sync)
 
 
-@bp.delete("/syncs/<sync_id>")
+@bp.delete("/syncs/<sync_id:sync_id>")
 def delete_sync(sync_id: str):
     sync = syncs.delete(workspace_id(), sync_id)
     deleted = {"deleted": True, "deleted_at": sync.deleted_at}
@@ -68,7 +68,7 @@ def preview_draft():
     return one(PREVIEW, None, _preview_attributes, planned)
 
 
-@bp.post("/syncs/<sync_id>/preview")
+@bp.post("/syncs/<sync_id:sync_id>/preview")
 def preview_sync(sync_id: str):
     """`sample` in the query string or the (optional) body."""
     sample = query(schemas.PreviewSampleQuery)["sample"]

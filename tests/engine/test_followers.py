@@ -176,8 +176,8 @@ def _store(conn: psycopg.Connection, run_id: str, token: int, batch_no: int) -> 
     (5.0, 0, None, True),
     (5.0, 1, None, True),
     (5.0, 2, None, False),  # followers fall behind: another writer is called
-    (5.0, 2, 5.0, False),  # ... and again a second after the last one was
-    (5.0, 2, 0.2, True),  # ... but not more than once a second
+    (5.0, 2, 5.0, False),  # ... and again once BACKLOG_RING_EVERY_S has passed
+    (5.0, 2, 0.01, True),  # ... but not more often than that
 ])
 def test_the_planner_leaves_a_batch_to_followers_only_under_a_live_promise_they_keep_up_with(
     leased: tuple[str, int], promise_s: float | None, left_to_followers: int,

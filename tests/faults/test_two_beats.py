@@ -62,11 +62,16 @@ def test_two_beats_make_one_run_per_due_time(
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in processes}
     scheduled = sorted(r.scheduled_for for r in runs_of(sync.id) if r.trigger == "schedule")
     assert len(scheduled) == len(set(scheduled))
-    # One run per due time: consecutive due times, none skipped (every run here takes well
-    # under the interval, so none was joined to a queued one). The first run may be a catch-up
-    # of the times missed while the beats started: the rhythm is checked from the second on.
+    # One run per due time: the due times keep the schedule's rhythm, none twice. (A due time
+    # that finds the sync's previous run still going joins its queued run, as the README says,
+    # so on a busy machine a step may be a multiple of the interval.) The first run may be a
+    # catch-up of the times missed while the beats started: the rhythm is checked from the
+    # second on.
     after_start = scheduled[1:]
-    steps = {later - earlier for earlier, later in zip(after_start, after_start[1:], strict=False)}
-    assert steps == {dt.timedelta(seconds=INTERVAL_S)}, (scheduled, logs)
+    steps = [later - earlier for earlier, later in zip(after_start, after_start[1:], strict=False)]
+    interval = dt.timedelta(seconds=INTERVAL_S)
+    assert all(step > dt.timedelta(0) and step % interval == dt.timedelta(0) for step in steps), (
+        scheduled, logs)
+    assert steps.count(interval) >= len(steps) // 2, (scheduled, logs)
     for name in ("beat-a", "beat-b"):
         assert "Traceback" not in logs[name], logs[name]

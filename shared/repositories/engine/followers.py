@@ -163,12 +163,13 @@ def hand_on(conn: psycopg.Connection, run_id: str) -> int | None:
 
 
 def pending_batches_after_first(conn: psycopg.Connection, run_id: str, count: int) -> list[int]:
-    """The numbers of up to `count` of the run's pending batches, after the first one (which
-    the caller takes itself): the doorbells that call more writers."""
+    """The numbers of up to `count` of the run's pending batches left to followers (a batch
+    with its own doorbell brings its own writer), after the first one (which the caller takes
+    itself): the doorbells that call more writers."""
     if count <= 0:
         return []
     rows = conn.execute(
-        "SELECT batch_no FROM run_batches WHERE run_id = %s AND status = 'pending'"
+        "SELECT batch_no FROM run_batches WHERE run_id = %s AND status = 'pending' AND NOT rung"
         " AND (not_before IS NULL OR not_before <= now())"
         " ORDER BY batch_no OFFSET 1 LIMIT %s",
         (run_id, count),
