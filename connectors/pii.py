@@ -21,6 +21,9 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
+from connectors.casting import CastError
+from connectors.destinations.base import DestinationField
+
 HASHED = re.compile(r"[0-9a-fA-F]{64}")
 _NOT_DIGIT = re.compile(r"\D")
 _NOT_LETTER = re.compile(r"[\W\d_]", re.UNICODE)  # keeps letters of every script
@@ -267,3 +270,25 @@ def normalize(rules: dict[str, tuple[str, Callable[[Any], str]]], field: str, va
         return rule[1](value)
     except PiiError as exc:
         raise PiiError(f"{field}: {exc}") from None
+
+
+def identifier_fields(
+    rules: dict[str, tuple[str, Callable[[Any], str]]], identifiers: frozenset[str] | set[str],
+) -> list[DestinationField]:
+    """An audience destination's fields: the same for every audience or list, so they are
+    answered without a call and the planner always hashes every value while it maps a row."""
+    return [
+        DestinationField(name, label, "string", external_id=name in identifiers)
+        for name, (label, _) in rules.items()
+    ]
+
+
+def format_identifier(
+    rules: dict[str, tuple[str, Callable[[Any], str]]], field: str, value: Any,
+) -> Any:
+    """`normalize` for a destination's `format_value`: a value that cannot be normalized fails
+    its record as a mapping error."""
+    try:
+        return normalize(rules, field, value)
+    except PiiError as exc:
+        raise CastError(str(exc)) from None

@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 import requests
 
 from connectors import config_checks, egress, pii
-from connectors.casting import CastError
 from connectors.destinations.base import (
     ConfigField,
     Destination,
@@ -284,18 +283,10 @@ class GoogleAdsCustomerMatchDestination(Destination):
         return found
 
     def list_fields(self, object_name: str) -> list[DestinationField]:
-        # The same parts for every list: answered without a call, so the planner always has
-        # the fields, and hashes every value while it maps a row.
-        return [
-            DestinationField(name, label, "string", external_id=name in IDENTIFIER_FIELDS)
-            for name, (label, _) in pii.GOOGLE_RULES.items()
-        ]
+        return pii.identifier_fields(pii.GOOGLE_RULES, IDENTIFIER_FIELDS)
 
     def format_value(self, value: Any, field: DestinationField) -> Any:
-        try:
-            return pii.normalize(pii.GOOGLE_RULES, field.name, value)
-        except pii.PiiError as exc:
-            raise CastError(str(exc)) from None
+        return pii.format_identifier(pii.GOOGLE_RULES, field.name, value)
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import requests
 
 from connectors import config_checks, egress, pii
-from connectors.casting import CastError
 from connectors.destinations.base import (
     ConfigField,
     Destination,
@@ -216,18 +215,10 @@ class MetaAudiencesDestination(Destination):
         return found
 
     def list_fields(self, object_name: str) -> list[DestinationField]:
-        # The same keys for every audience: answered without a call, so the planner always has
-        # the fields, and hashes every value while it maps a row.
-        return [
-            DestinationField(key, label, "string", external_id=key in IDENTIFIER_KEYS)
-            for key, (label, _) in pii.META_RULES.items()
-        ]
+        return pii.identifier_fields(pii.META_RULES, IDENTIFIER_KEYS)
 
     def format_value(self, value: Any, field: DestinationField) -> Any:
-        try:
-            return pii.normalize(pii.META_RULES, field.name, value)
-        except pii.PiiError as exc:
-            raise CastError(str(exc)) from None
+        return pii.format_identifier(pii.META_RULES, field.name, value)
 
     # -- writes --------------------------------------------------------------------------------
 
