@@ -48,8 +48,8 @@ os.environ.update(
     RETL_SECRET_KEY=os.environ.get("RETL_SECRET_KEY", "bench-secret-key"),
     RETL_QUEUE="retl-bench-api",
     RETL_LOG_LEVEL="WARNING",
-    # The source is retl's own bench database as its superuser: never run, only listed.
-    RETL_ALLOW_PRIVILEGED_SOURCES="1",
+    # The syncs' receiver is named on this machine (never called: runs are only queued).
+    RETL_EGRESS_ALLOW=os.environ.get("RETL_EGRESS_ALLOW", "127.0.0.0/8,::1,localhost"),
 )
 
 import psycopg  # noqa: E402
@@ -116,7 +116,7 @@ def prepare() -> tuple[str, list[str]]:
     migrate(_url(STATE_DB))
     issued = create_api_key("bench")
     workspace = issued.workspace_id
-    connections.create(workspace, "source", "warehouse", "postgres", {"url": _url(STATE_DB)})
+    connections.create(workspace, "source", "warehouse", "duckdb", {"path": ":memory:"})
     destination = connections.create(
         workspace, "destination", "receiver", "http", {"url": "http://127.0.0.1:9/records"}
     )
