@@ -36,7 +36,8 @@ SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|api_?key|crede
 # (Whatever stands before "://": another redactor may have put a scheme that was also a
 # secret's value aside already.)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s/]+@")
-_RETL_KEY = re.compile(r"retl_sk_[A-Za-z0-9_\-]+")
+# (With whatever stands before "_sk_": another redactor may have put "retl" aside already.)
+_RETL_KEY = re.compile(r"\S*_sk_[A-Za-z0-9_\-]+")
 _BEARER = re.compile(r"(bearer\s+)[^\s'\"]+", re.IGNORECASE)
 MASK = "***"
 

@@ -152,6 +152,10 @@ def test_a_huge_body_is_refused_before_it_is_read(server):
 
 def test_several_processes_answer(server, api_key):
     base, _ = server
+    deadline = time.monotonic() + 30  # gunicorn forks its workers once it listens
+    while len(psutil.Process(SERVER_PIDS[base]).children()) < 2:
+        assert time.monotonic() < deadline, "gunicorn did not start two workers"
+        time.sleep(0.1)
     assert len(psutil.Process(SERVER_PIDS[base]).children()) == 2  # gunicorn's two workers
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {api_key}"
