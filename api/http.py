@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
 from flask import jsonify, request
 from marshmallow import Schema, ValidationError
 
+from api.dumping import dumper
 from shared.errors import Invalid, ServiceError
 from shared.pagination import Page
 
@@ -82,6 +84,13 @@ def _json_body() -> Any:
         raise BadRequest("the body is not valid JSON", pointer="") from None
 
 
+@cache
+def _instance(schema: type[Schema]) -> Schema:
+    """One instance per schema class: loading keeps no state on it, and making one per request
+    (its fields copied each time) was a tenth of a small request's work."""
+    return schema()
+
+
 def body(schema: type[Schema], *, partial: bool | tuple[str, ...] = False) -> dict[str, Any]:
     """The JSON body, validated; 400 when it is not a JSON object, 422 when a field is wrong."""
     payload = _json_body()
@@ -92,7 +101,7 @@ def body(schema: type[Schema], *, partial: bool | tuple[str, ...] = False) -> di
         pointer, reason = unstorable
         raise Invalid(f"{pointer} {reason}", pointer=pointer)
     try:
-        return schema().load(payload, partial=partial)
+        return _instance(schema).load(payload, partial=partial)
     except ValidationError as exc:
         raise InvalidInput(exc.messages, "body") from None
 
@@ -107,13 +116,13 @@ def query(schema: type[Schema]) -> dict[str, Any]:
                 raise InvalidInput({name: [problem]}, "query")
         raw[name] = values[0] if len(values) == 1 else values
     try:
-        return schema().load(raw)
+        return _instance(schema).load(raw)
     except ValidationError as exc:
         raise InvalidInput(exc.messages, "query") from None
 
 
 def resource(kind: str, id: str | None, attributes: Schema, obj: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {"type": kind, "attributes": attributes.dump(obj)}
+    item: dict[str, Any] = {"type": kind, "attributes": dumper(attributes)(obj)}
     if id is not None:
         item = {"id": id, **item}
     return item

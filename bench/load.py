@@ -63,6 +63,7 @@ class Result:
     latencies_ms: list[float]
     errors: int
     tool: str
+    by_kind: dict[str, list[float]] | None = None  # the mixed load's latencies per request kind
 
     @property
     def rate(self) -> float:
@@ -242,12 +243,13 @@ def fixed_rate_mixed(base: str, key: str, sync_ids: list[str], rate: int, second
         draw = rng.random()
         sync_id = rng.choice(sync_ids)
         if draw < 0.6:
-            plan.append((n / rate, "GET", f"{base}{API}/syncs", None))
+            plan.append((n / rate, "list", "GET", f"{base}{API}/syncs", None))
         elif draw < 0.9:
-            plan.append((n / rate, "GET", f"{base}{API}/syncs/{sync_id}", None))
+            plan.append((n / rate, "get", "GET", f"{base}{API}/syncs/{sync_id}", None))
         else:
-            plan.append((n / rate, "POST", f"{base}{API}/sync/run", {"syncId": sync_id}))
+            plan.append((n / rate, "trigger", "POST", f"{base}{API}/sync/run", {"syncId": sync_id}))
     latencies: list[float] = []
+    by_kind: dict[str, list[float]] = {"list": [], "get": [], "trigger": []}
     errors = [0]
     lock = threading.Lock()
     cursor = [0]
@@ -260,7 +262,7 @@ def fixed_rate_mixed(base: str, key: str, sync_ids: list[str], rate: int, second
             with lock:
                 if cursor[0] >= len(plan):
                     return
-                due, method, url, body = plan[cursor[0]]
+                due, kind, method, url, body = plan[cursor[0]]
                 cursor[0] += 1
             wait = started + due - time.monotonic()
             if wait > 0:
@@ -273,6 +275,7 @@ def fixed_rate_mixed(base: str, key: str, sync_ids: list[str], rate: int, second
             took = (time.monotonic() - (started + due)) * 1000
             with lock:
                 latencies.append(took)
+                by_kind[kind].append(took)
                 errors[0] += not ok
 
     workers = [threading.Thread(target=_run) for _ in range(32)]
@@ -280,7 +283,8 @@ def fixed_rate_mixed(base: str, key: str, sync_ids: list[str], rate: int, second
         worker.start()
     for worker in workers:
         worker.join(seconds + 60)
-    return Result(len(latencies), time.monotonic() - started, latencies, errors[0], "python, fixed rate")
+    return Result(len(latencies), time.monotonic() - started, latencies, errors[0],
+                  "python, fixed rate", by_kind)
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -373,6 +377,12 @@ def main() -> None:
     print(f"mixed at {args.rate} req/s: p99 {mixed.percentile(99):.1f} ms (goal < 50 ms),"
           f" errors {mixed.errors + results[('retl', 'list')].errors} (goal 0);"
           f" median of all mixed latencies {statistics.median(mixed.latencies_ms):.1f} ms")
+    for name in ("minimal", "retl"):
+        kinds = results[(name, "mixed")].by_kind or {}
+        print(f"  {name} mixed, p50/p99 ms by kind: " + ", ".join(
+            f"{kind} {Result(0, 0, taken, 0, '').percentile(50):.1f}/"
+            f"{Result(0, 0, taken, 0, '').percentile(99):.1f}" for kind, taken in kinds.items()
+        ))
 
 
 if __name__ == "__main__":
