@@ -349,7 +349,12 @@ class PreviewRecord(Schema):
                                    " cast, in the destination's field names"})
     changed_fields = fields.List(
         fields.String(), allow_none=True,
-        metadata={"description": "changed records: null, the snapshot keeps one hash per record"},
+        metadata={"description": "changed records only: the destination field names whose"
+                  " value differs from what the destination last accepted for the record (a"
+                  " field new to the mapping counts as changed), sorted; [] when every field"
+                  " sent is as it was (the source changed a column the record does not send,"
+                  " or one a cast hides); null when not known (the record was last sent"
+                  " before per-field digests were kept, or as a delete)"},
     )
 
 

@@ -32,6 +32,7 @@ from shared.settings import get_settings
 from worker import dispatch, keys, mapping, payloads
 from worker.destinations import destination_for
 from worker.executor import MustWait, RetryPolicy, call_or_must_wait
+from worker.field_digests import record_digests
 
 log = logging.getLogger(__name__)
 
@@ -594,7 +595,7 @@ class BatchPacker:
                 insert = repo.insert_held_batch if self.held else repo.insert_batch
                 insert(
                     conn, run_id, batch_no, self.operation, [key for key, _ in self._records],
-                    encode_payload(self._records),
+                    encode_payload(self._records), digests=self._digests(),
                 )
             repo.add_failures(conn, run_id, self._failures)
             followed = _fence_last_storing(
@@ -604,6 +605,13 @@ class BatchPacker:
         self._records, self._failures = [], []
         if batch_no is not None:
             self._stored(batch_no, ring=not (followed or self.held))
+
+    def _digests(self) -> list[bytes] | None:
+        """The field digests of the records to store (none for deletes: a deleted record has
+        no fields the destination holds)."""
+        if self.operation == "delete":
+            return None
+        return [record_digests(fields) for _, fields in self._records]
 
     def _stored(self, batch_no: int, *, ring: bool) -> None:
         """Batch `batch_no` is committed: ring its doorbell unless a follower takes it."""
@@ -740,6 +748,7 @@ class OnePassPacker(BatchPacker):
                     batch_keys=None if whole else [row[0] for row in batch],
                     batch_hashes=None if whole else [row[1] for row in batch],
                     payload=encode_payload([(row[0], row[2]) for row in batch]) if batch else None,
+                    digests=[record_digests(row[2]) for row in batch] if batch else None,
                 )
                 added, changed, unchanged = staged.added, staged.changed, staged.unchanged
                 if staged.staged_keys is not None:
@@ -752,6 +761,7 @@ class OnePassPacker(BatchPacker):
                             conn, run_id, batch_no, self.operation, [row[0] for row in batch],
                             encode_payload([(row[0], row[2]) for row in batch]),
                             hashes=[row[1] for row in batch],
+                            digests=[record_digests(row[2]) for row in batch],
                         )
                     repo.add_rejects(
                         conn, run_id, duplicates={k: self.duplicates[k] for k in dropped},

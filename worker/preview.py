@@ -28,6 +28,7 @@ from shared.services import syncs as sync_service
 from shared.services.connections import open_connector
 from shared.settings import get_settings
 from worker import keys, mapping, planner
+from worker.field_digests import changed_fields
 
 REASONS = ("NULL_KEY", "DUPLICATE_KEY", "MAPPING")
 _JSON_TYPES = (str, int, float, bool, type(None), list, dict)
@@ -187,7 +188,8 @@ def _map_outgoing(
     samples: dict[str, list[dict[str, Any]]],
 ) -> None:
     """Read and map every record that goes out, as the run would: a record the mapping refuses
-    is rejected (MAPPING) rather than added or changed; the first `sample` of each are kept."""
+    is rejected (MAPPING) rather than added or changed; the first `sample` of each are kept,
+    a changed one with the fields that differ from what the destination last accepted."""
     change_of = repo.outgoing_changes(pg, preview_id)
     if not change_of:
         return
@@ -196,6 +198,7 @@ def _map_outgoing(
     keys = None if everything else list(change_of)
     forms = planner._value_forms(source, builder)
     done: set[str] = set()
+    changed: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (sample, record as sent)
     for chunk in planner._rows_for_keys(source, sync.source_query, plan, keys, forms):
         budget.check()
         for row in chunk:
@@ -216,10 +219,14 @@ def _map_outgoing(
             if change in ("added", "changed") and len(samples[change]) < sample:
                 item = {"key": key, "operation": operation, "record": _as_json(record)}
                 if change == "changed":
-                    # The snapshot keeps one hash per record, not its fields: which of them
-                    # changed is not known.
-                    item["changed_fields"] = None
+                    changed.append((item, record))
                 samples[change].append(item)
+    if changed:
+        stored = repo.stored_field_digests(pg, sync.id, [item["key"] for item, _ in changed])
+        for item, record in changed:
+            digests = stored.get(item["key"])
+            # None: the record was last sent before field digests were kept (or deleted).
+            item["changed_fields"] = None if digests is None else changed_fields(record, digests)
 
 
 def _as_json(record: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from tests.conftest import bearer
 from tests.e2e.conftest import API, EngineDriver, Warehouse, get_run
 from tests.engine.conftest import SyncSetup, make_sync
 from tests.fakes.http_sink import FakeHttpSink
+from worker.field_digests import record_digests
 
 
 @pytest.fixture
@@ -117,6 +118,15 @@ def test_approving_writes_the_planned_records_and_nothing_else(
     assert sorted(sink.store, key=int) == ["6", "7", "8", "9", "10"]
     assert sink.store["6"]["full_name"] == "Planned"
     assert sink.store["7"]["full_name"] == "User 7"
+    # The field digests travelled with the kept batches; the removed records lost theirs.
+    with transaction() as conn:
+        digests = dict(conn.execute(
+            "SELECT record_key, digests FROM sync_field_digests WHERE sync_id = %s",
+            (setup.sync_id,),
+        ).fetchall())
+    assert {k: bytes(d) for k, d in digests.items()} == {
+        key: record_digests(record) for key, record in sink.store.items()
+    }
     # The snapshot took the approved plan: the next run sends what changed since.
     sink.received.clear()
     assert released.run(setup).status == "succeeded"

@@ -11,12 +11,15 @@ from flask.testing import FlaskClient
 
 from shared.db import transaction
 from shared.repositories import engine as repo
+from shared.repositories import syncs as sync_repo
+from shared.services import syncs as sync_service
 from shared.settings import get_settings
 from tests.conftest import bearer
 from tests.e2e.conftest import API, EngineDriver, Warehouse
 from tests.engine.conftest import SyncSetup, make_sync
 from tests.fakes.http_sink import FakeHttpSink
-from worker import dispatch
+from worker import dispatch, planner
+from worker.field_digests import record_digests
 
 MAPPINGS = [
     {"source": "id", "destination": "external_id", "key": True},
@@ -33,11 +36,14 @@ def sink() -> Iterator[FakeHttpSink]:
 
 
 def _state(setup: SyncSetup) -> tuple[Any, ...]:
-    """Everything a preview must leave as it was: snapshot, runs and their staging, DLQ."""
+    """Everything a preview must leave as it was: snapshot and field digests, runs and their
+    staging, DLQ."""
     with transaction() as conn:
         return tuple(
             conn.execute(statement, (setup.sync_id,)).fetchall() for statement in (
                 "SELECT record_key, content_hash FROM sync_snapshots WHERE sync_id = %s"
+                " ORDER BY record_key",
+                "SELECT record_key, digests FROM sync_field_digests WHERE sync_id = %s"
                 " ORDER BY record_key",
                 "SELECT id, status, rows_written FROM runs WHERE sync_id = %s ORDER BY id",
                 "SELECT id, resolved, attempts FROM dlq_entries WHERE sync_id = %s ORDER BY id",
@@ -94,7 +100,7 @@ def test_a_preview_counts_and_samples_and_changes_nothing(
         "external_id": 7, "email": "user7@example.com", "score": 10.5, "inverse": "9.523809523809523809523809524",
     }}]
     assert [(s["key"], s["record"]["email"], s["changed_fields"]) for s in samples["changed"]] == [
-        ("1", "new@example.com", None)
+        ("1", "new@example.com", ["email"])
     ]
     assert samples["removed"] == [{"key": "2", "operation": "delete", "record": {"external_id": 2}}]
     assert sorted((r["reason"], r["key"]) for r in samples["rejected"]) == [
@@ -211,3 +217,127 @@ def test_a_preview_reads_at_most_its_row_cap(
         get_settings.cache_clear()
     assert response.status_code == 422
     assert response.get_json()["errors"][0]["code"] == "preview_limit"
+
+
+def _digests(setup: SyncSetup) -> dict[str, bytes]:
+    with transaction() as conn:
+        rows = conn.execute(
+            "SELECT record_key, digests FROM sync_field_digests WHERE sync_id = %s",
+            (setup.sync_id,),
+        ).fetchall()
+    return {key: bytes(digests) for key, digests in rows}
+
+
+def _snapshot_keys(setup: SyncSetup) -> set[str]:
+    with transaction() as conn:
+        rows = conn.execute(
+            "SELECT record_key FROM sync_snapshots WHERE sync_id = %s", (setup.sync_id,)
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _changed_fields(preview: Any) -> dict[str, list[str] | None]:
+    return {s["key"]: s["changed_fields"] for s in preview["samples"]["changed"]}
+
+
+def _received_digests(sink: FakeHttpSink) -> dict[str, bytes]:
+    """The digests of the records the destination holds, as it received them."""
+    return {key: record_digests(record) for key, record in sink.store.items()}
+
+
+@pytest.fixture
+def one_pass_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The runs planned in one pass (key, hash and row read together)."""
+    planned: list[str] = []
+    original = planner._pack_in_one_pass
+
+    def counted(context: planner.RunContext, *args: Any) -> Any:
+        planned.append(context.run_id)
+        return original(context, *args)
+
+    monkeypatch.setattr(planner, "_pack_in_one_pass", counted)
+    return planned
+
+
+def test_changed_fields_name_the_fields_that_differ_from_what_was_sent(
+    client: FlaskClient, account: Any, warehouse: Warehouse, sink: FakeHttpSink,
+    driver: EngineDriver, one_pass_runs: list[str],
+) -> None:
+    warehouse.insert(5)
+    setup = make_sync(account.workspace_id, {"url": warehouse.url}, sink.url, mappings=MAPPINGS)
+    first = driver.run(setup)
+    assert first.status == "succeeded" and one_pass_runs == [first.id]
+    # What the destination accepted, field by field, as it received it.
+    assert _digests(setup) == _received_digests(sink)
+    path = f"/syncs/{setup.sync_id}/preview"
+    # One mapped field; a field and the template reading it; two columns that are read (a
+    # template makes every column count) but not sent.
+    warehouse.execute("UPDATE warehouse.people SET email = 'new1@example.com' WHERE id = 1")
+    warehouse.execute("UPDATE warehouse.people SET score = 4 WHERE id = 2")
+    warehouse.execute("UPDATE warehouse.people SET name = 'Renamed' WHERE id = 3")
+    warehouse.execute("UPDATE warehouse.people SET updated_at = now() WHERE id = 4")
+
+    preview = _preview(client, account, path)
+
+    assert preview["counts"]["changed"] == 4
+    assert _changed_fields(preview) == {
+        "1": ["email"], "2": ["inverse", "score"], "3": [], "4": [],
+    }
+
+    second = driver.run(setup)
+    assert second.status == "succeeded" and second.rows_changed == 4
+    assert one_pass_runs == [first.id]  # the second run diffs: its batches carry digests too
+    assert _digests(setup) == _received_digests(sink)
+    preview = _preview(client, account, path)
+    assert preview["counts"]["changed"] == 0
+    assert preview["samples"]["changed"] == []
+
+    # The digests are those of the last record accepted, not of the first.
+    warehouse.execute("UPDATE warehouse.people SET score = 3 WHERE id = 1")
+    assert _changed_fields(_preview(client, account, path)) == {"1": ["inverse", "score"]}
+    # A record without digests (accepted before they were kept): which fields is not known.
+    with transaction() as conn:
+        conn.execute("DELETE FROM sync_field_digests WHERE sync_id = %s AND record_key = '1'",
+                     (setup.sync_id,))
+    assert _changed_fields(_preview(client, account, path)) == {"1": None}
+
+
+def test_a_field_the_mapping_newly_sends_is_changed(
+    client: FlaskClient, account: Any, warehouse: Warehouse, sink: FakeHttpSink,
+    driver: EngineDriver,
+) -> None:
+    warehouse.insert(3)
+    mappings = [{"source": "id", "destination": "external_id", "key": True},
+                {"source": "email", "destination": "email"}]
+    setup = make_sync(account.workspace_id, {"url": warehouse.url}, sink.url, mappings=mappings)
+    assert driver.run(setup).status == "succeeded"
+    sync_service.update(account.workspace_id, setup.sync_id, {"fieldMappings": [
+        *mappings, {"source": "name", "destination": "full_name"},
+    ]})
+    warehouse.execute("UPDATE warehouse.people SET email = 'new1@example.com' WHERE id = 1")
+
+    preview = _preview(client, account, f"/syncs/{setup.sync_id}/preview")
+
+    # A new mapping changes every record: each gains the field, and 1 its new email.
+    assert _changed_fields(preview) == {
+        "1": ["email", "full_name"], "2": ["full_name"], "3": ["full_name"],
+    }
+
+
+def test_removals_and_a_forgotten_snapshot_take_the_digests_with_them(
+    account: Any, warehouse: Warehouse, sink: FakeHttpSink, driver: EngineDriver,
+) -> None:
+    warehouse.insert(4)
+    setup = make_sync(account.workspace_id, {"url": warehouse.url}, sink.url, mode="mirror")
+    assert driver.run(setup).status == "succeeded"
+    assert set(_digests(setup)) == _snapshot_keys(setup) == {"1", "2", "3", "4"}
+    warehouse.execute("DELETE FROM warehouse.people WHERE id = 2")
+
+    run = driver.run(setup)
+
+    assert run.status == "succeeded" and run.rows_removed == 1
+    assert set(_digests(setup)) == _snapshot_keys(setup) == {"1", "3", "4"}
+    assert _digests(setup) == _received_digests(sink)
+    with transaction() as conn:  # as moving the sync to another destination does
+        sync_repo.forget_snapshot(conn, setup.sync_id)
+    assert _digests(setup) == {} and _snapshot_keys(setup) == set()

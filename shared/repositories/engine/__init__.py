@@ -91,6 +91,7 @@ from shared.repositories.engine.planning import (  # noqa: F401
     stage_rejects,
     stage_removed,
     stage_rows_and_batch,
+    stored_field_digests,
 )
 from shared.repositories.engine.reaper import (  # noqa: F401
     StrandedBatch,

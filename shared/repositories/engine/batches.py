@@ -12,14 +12,15 @@ from psycopg.rows import class_row
 
 def insert_batch(
     conn: psycopg.Connection, run_id: str, batch_no: int, operation: str, keys: list[str],
-    payload: bytes, hashes: list[str] | None = None,
+    payload: bytes, hashes: list[str] | None = None, digests: list[bytes] | None = None,
 ) -> None:
-    """Store a batch; `hashes` (aligned with `keys`) when its hashes are not in run_ops."""
+    """Store a batch; `hashes` (aligned with `keys`) when its hashes are not in run_ops, and
+    the field digests of its records (aligned with `keys`; None for deletes)."""
     conn.execute(
         # %b: binary arrays skip the per-element quoting of the text format.
         "INSERT INTO run_batches (run_id, batch_no, operation, record_keys, content_hashes,"
-        " payload) VALUES (%s, %s, %s, %b, %b, %b)",
-        (run_id, batch_no, operation, keys, hashes, payload),
+        " field_digests, payload) VALUES (%s, %s, %s, %b, %b, %b, %b)",
+        (run_id, batch_no, operation, keys, hashes, digests, payload),
     )
 
 

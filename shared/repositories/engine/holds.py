@@ -10,13 +10,13 @@ import psycopg
 
 def insert_held_batch(
     conn: psycopg.Connection, run_id: str, batch_no: int, operation: str, keys: list[str],
-    payload: bytes, hashes: list[str] | None = None,
+    payload: bytes, hashes: list[str] | None = None, digests: list[bytes] | None = None,
 ) -> None:
     """Store a batch of a plan that may not be written before it is approved."""
     conn.execute(
         "INSERT INTO held_batches (run_id, batch_no, operation, record_keys, content_hashes,"
-        " payload) VALUES (%s, %s, %s, %b, %b, %b)",
-        (run_id, batch_no, operation, keys, hashes, payload),
+        " field_digests, payload) VALUES (%s, %s, %s, %b, %b, %b, %b)",
+        (run_id, batch_no, operation, keys, hashes, digests, payload),
     )
 
 
@@ -76,8 +76,8 @@ def release_plan(conn: psycopg.Connection, run_id: str) -> ReleasedPlan | None:
     moved = conn.execute(
         "WITH held AS (DELETE FROM held_batches WHERE run_id = %s RETURNING *)"
         " INSERT INTO run_batches (run_id, batch_no, operation, record_keys, content_hashes,"
-        "  payload) SELECT run_id, batch_no, operation, record_keys, content_hashes, payload"
-        " FROM held RETURNING batch_no",
+        "  field_digests, payload) SELECT run_id, batch_no, operation, record_keys,"
+        "  content_hashes, field_digests, payload FROM held RETURNING batch_no",
         (run_id,),
     ).fetchall()
     if len(moved) != kept[0]:

@@ -264,8 +264,8 @@ class StagedRows:
 def stage_rows_and_batch(
     conn: psycopg.Connection, *, run_id: str, sync_id: str, operation: str, keys: list[str],
     hashes: list[str], batch_no: int | None, batch_keys: list[str] | None,
-    batch_hashes: list[str] | None, payload: bytes | None, keys_unseen: bool = False,
-    snapshot_empty: bool = False,
+    batch_hashes: list[str] | None, payload: bytes | None, digests: list[bytes] | None,
+    keys_unseen: bool = False, snapshot_empty: bool = False,
 ) -> StagedRows:
     """One pass over the source, for rows that all go out: mark their keys seen (`create_seen`,
     same session), classify them against the snapshot and store their batch with its content
@@ -275,6 +275,7 @@ def stage_rows_and_batch(
     was seen before, the batch is not stored and the caller gets the keys that were staged,
     to drop the later occurrences and store the batch itself. `batch_keys` and `batch_hashes`
     None: the batch holds every row given (the usual case; the arrays are sent once).
+    `digests`: the field digests of the batch's records, aligned with its keys.
 
     It relaxes its transaction (`relax`) itself: one round trip fewer per batch.
 
@@ -309,9 +310,9 @@ def stage_rows_and_batch(
         + " RETURNING record_key, content_hash),"
         " stored AS ("
         " INSERT INTO run_batches (run_id, batch_no, operation, record_keys, content_hashes,"
-        "  payload)"
+        "  field_digests, payload)"
         " SELECT %(run)s, %(batch)s, %(op)s, coalesce(%(bkeys)b, %(keys)b),"
-        "  coalesce(%(bhashes)b, %(hashes)b), %(payload)b"
+        "  coalesce(%(bhashes)b, %(hashes)b), %(digests)b, %(payload)b"
         " WHERE %(store)s AND (SELECT count(*) FROM fresh) = %(n)s RETURNING 1)"
         + counts
         + " (SELECT count(*) FROM stored) > 0,"
@@ -319,7 +320,7 @@ def stage_rows_and_batch(
         " set_config('synchronous_commit', 'off', true)",
         {"run": run_id, "sync": sync_id, "op": operation, "keys": keys, "hashes": hashes,
          "batch": batch_no, "bkeys": batch_keys, "bhashes": batch_hashes,
-         "payload": payload, "store": batch_no is not None, "n": len(keys)},
+         "digests": digests, "payload": payload, "store": batch_no is not None, "n": len(keys)},
     ).fetchone()
     return StagedRows(row[0], row[1], row[2], row[3], row[4])
 
@@ -389,6 +390,19 @@ def set_key_kind(conn: psycopg.Connection, run_id: str, kind: str) -> None:
     """How the source types the run's keys ('number' or 'text'), for its writers (the snapshot
     keeps it) and finalization (DLQ record_keys); set before the run's first batch is stored."""
     conn.execute("UPDATE run_progress SET key_kind = %s WHERE run_id = %s", (kind, run_id))
+
+
+def stored_field_digests(
+    conn: psycopg.Connection, sync_id: str, keys: list[str]
+) -> dict[str, bytes]:
+    """Key -> the field digests of the record the destination last accepted, for those of
+    `keys` that have them (see worker/field_digests.py)."""
+    rows = conn.execute(
+        "SELECT record_key, digests FROM sync_field_digests"
+        " WHERE sync_id = %s AND record_key = ANY(%s::text[])",
+        (sync_id, keys),
+    ).fetchall()
+    return {key: bytes(digests) for key, digests in rows}
 
 
 def snapshot_key_kind(conn: psycopg.Connection, sync_id: str) -> str | None:
