@@ -26,47 +26,35 @@ def _plain_mapping(field: fields.Field) -> bool:
     return type(field) is fields.Dict and field.key_field is None and field.value_field is None
 
 
-def _step(name: str, field: fields.Field, schema: Schema) -> Callable[[Any], Any]:
-    """How one field's value is read from an object and formatted."""
-    attribute = field.attribute or name
+def _step(name: str, field: fields.Field, schema: Schema) -> tuple[type | None, Callable[[Any, Any], Any]]:
+    """How one field's value, read from an object, is formatted: the type a value may have to
+    go out as it is (None: none may), and the formatting of any other value."""
     general = field.serialize
 
-    def _general(obj: Any) -> Any:
+    def _general(obj: Any, _value: Any) -> Any:
         return general(name, obj, accessor=schema.get_attribute)
 
     kept = _KEEPS.get(type(field))
     if kept is not None and not getattr(field, "as_string", False):
-        def _keep(obj: Any) -> Any:
-            value = getattr(obj, attribute, missing)
-            return value if value is None or type(value) is kept else _general(obj)
-        return _keep
-    if _plain_mapping(field) or (type(field) is fields.List and _plain_mapping(field.inner)):
-        # A copy of a dict (or of each dict of a list) encodes as the dict itself: the values
-        # the repositories hand over are theirs to give, so they go out as they are.
-        container = dict if type(field) is fields.Dict else list
-
-        def _as_is(obj: Any) -> Any:
-            value = getattr(obj, attribute, missing)
-            if value is None:
-                return None
-            if type(value) is container and (
-                container is dict or all(type(item) is dict for item in value)
-            ):
-                return value
-            return _general(obj)
-        return _as_is
+        return kept, _general
+    if _plain_mapping(field):
+        # A copy of a dict encodes as the dict itself: the values the repositories hand over
+        # are theirs to give, so they go out as they are.
+        return dict, _general
+    if type(field) is fields.List and _plain_mapping(field.inner):
+        def _dicts(obj: Any, value: Any) -> Any:
+            if type(value) is list and all(type(item) is dict for item in value):
+                return value  # as a copy of each dict would encode
+            return _general(obj, value)
+        return None, _dicts
     if type(field) is fields.Nested:
-        def _nested(obj: Any) -> Any:
-            value = getattr(obj, attribute, missing)
-            return None if value is None else _general(obj)
-        return _nested
-    format_value = getattr(field, "format_value", None)  # UtcDateTime's fast formatting
+        return type(None), _general
+    format_value = getattr(field, "format_value", None)  # UtcDateTime's own formatting
     if format_value is not None:
-        def _formatted(obj: Any) -> Any:
-            value = getattr(obj, attribute, missing)
-            return _general(obj) if value is missing else format_value(value)
-        return _formatted
-    return _general
+        def _formatted(obj: Any, value: Any) -> Any:
+            return _general(obj, value) if value is missing else format_value(value)
+        return None, _formatted
+    return None, _general
 
 
 @cache
@@ -77,7 +65,8 @@ def dumper(schema: Schema) -> Dump:
     ):
         return schema.dump  # a schema that reshapes its answer keeps marshmallow's whole path
     steps = [
-        (field.data_key if field.data_key is not None else name, _step(name, field, schema))
+        (field.data_key if field.data_key is not None else name, field.attribute or name,
+         *_step(name, field, schema))
         for name, field in schema.dump_fields.items()
     ]
 
@@ -85,8 +74,12 @@ def dumper(schema: Schema) -> Dump:
         if isinstance(obj, Mapping):
             return schema.dump(obj)
         out = {}
-        for key, step in steps:
-            value = step(obj)
+        for key, attribute, kept, step in steps:
+            value = getattr(obj, attribute, missing)
+            if value is None and kept is not None or type(value) is kept:
+                out[key] = value
+                continue
+            value = step(obj, value)
             if value is not missing:
                 out[key] = value
         return out

@@ -302,7 +302,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--seconds", type=int, default=10, help="length of each measurement")
+    parser.add_argument("--seconds", type=int, default=6, help="length of each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each server takes per case")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=int, default=200, help="req/s of the mixed load")
     parser.add_argument("--python", action="store_true", help="the Python generator even if wrk exists")
@@ -323,7 +324,7 @@ def main() -> None:
     if not use_wrk:
         print("wrk is not installed (apt-get install wrk): the closed loop uses the Python generator")
     work = Path(tempfile.mkdtemp(prefix="retl-bench-api-"))
-    results: dict[tuple[str, str], Result] = {}
+    results: dict[tuple[str, str], list[Result]] = {}
     retl_port, minimal_port = _free_port(), _free_port()
     retl = start(_serve_command(retl_port, args.workers, args.threads, None), retl_port, work / "retl.log")
     try:
@@ -340,17 +341,22 @@ def main() -> None:
         minimal = start(_serve_command(minimal_port, args.workers, args.threads, str(work / "answers.json")),
                         minimal_port, work / "minimal.log")
         try:
-            for name, port in (("minimal", minimal_port), ("retl", retl_port)):
-                url = f"http://127.0.0.1:{port}{API}/syncs"
-                python_closed_loop(url, key, 2, 4)  # warm every worker
-                if use_wrk:
-                    results[(name, "list")] = wrk(url, key, args.seconds, 2, args.connections)
-                else:
-                    results[(name, "list")] = python_closed_loop(url, key, args.seconds, args.connections)
-            for name, port in (("minimal", minimal_port), ("retl", retl_port)):
-                results[(name, "mixed")] = fixed_rate_mixed(
-                    f"http://127.0.0.1:{port}", key, sync_ids, args.rate, args.seconds
-                )
+            for port in (minimal_port, retl_port):
+                python_closed_loop(f"http://127.0.0.1:{port}{API}/syncs", key, 2, 4)  # warm every worker
+            # The two servers take turns, round after round: a machine whose speed drifts (other
+            # work, CPU taken by neighbours) moves both sides of a round's ratio alike.
+            for _ in range(args.rounds):
+                for name, port in (("minimal", minimal_port), ("retl", retl_port)):
+                    url = f"http://127.0.0.1:{port}{API}/syncs"
+                    if use_wrk:
+                        measured = wrk(url, key, args.seconds, 2, args.connections)
+                    else:
+                        measured = python_closed_loop(url, key, args.seconds, args.connections)
+                    results.setdefault((name, "list"), []).append(measured)
+                for name, port in (("minimal", minimal_port), ("retl", retl_port)):
+                    results.setdefault((name, "mixed"), []).append(fixed_rate_mixed(
+                        f"http://127.0.0.1:{port}", key, sync_ids, args.rate, args.seconds
+                    ))
         finally:
             stop(minimal)
     finally:
@@ -358,32 +364,39 @@ def main() -> None:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{STATE_DB}" WITH (FORCE)')
 
-    print(f"gunicorn, {args.workers} workers × {args.threads} threads; {args.seconds} s per line;"
-          f" {os.cpu_count()} cores; load average before the run {load_before:.1f}")
-    print(f"{'case':<54}| {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | tool")
-    print("-" * 54 + "+" + "-" * 10 + "+" + "-" * 9 + "+" + "-" * 9 + "+" + "-" * 8 + "+" + "-" * 20)
+    print(f"gunicorn, {args.workers} workers × {args.threads} threads; {args.rounds} rounds of"
+          f" {args.seconds} s per line, the servers taking turns; {os.cpu_count()} cores;"
+          f" load average before the run {load_before:.1f}")
+    print(f"{'case':<58}| {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | tool")
+    print("-" * 58 + "+" + "-" * 10 + "+" + "-" * 9 + "+" + "-" * 9 + "+" + "-" * 8 + "+" + "-" * 20)
     labels = {
         "list": f"GET /syncs (20 syncs), {args.connections} connections",
         "mixed": f"mixed list/get/trigger at {args.rate} req/s",
     }
     for case in ("list", "mixed"):
-        for name in ("minimal", "retl"):
-            result = results[(name, case)]
-            print(f"{name + ': ' + labels[case]:<54}| {result.rate:>8.0f} | {result.percentile(50):>7.1f} |"
-                  f" {result.percentile(99):>7.1f} | {result.errors:>6} | {result.tool}")
-    ratio = results[("retl", "list")].rate / results[("minimal", "list")].rate
-    mixed = results[("retl", "mixed")]
-    print(f"\nGET /syncs: retl / minimal = {ratio:.2f}× (goal ≥ 0.4×)")
-    print(f"mixed at {args.rate} req/s: p99 {mixed.percentile(99):.1f} ms (goal < 50 ms),"
-          f" errors {mixed.errors + results[('retl', 'list')].errors} (goal 0);"
-          f" median of all mixed latencies {statistics.median(mixed.latencies_ms):.1f} ms")
+        for round_no in range(args.rounds):
+            for name in ("minimal", "retl"):
+                result = results[(name, case)][round_no]
+                label = f"{round_no + 1} {name}: {labels[case]}"
+                print(f"{label:<58}| {result.rate:>8.0f} | {result.percentile(50):>7.1f} |"
+                      f" {result.percentile(99):>7.1f} | {result.errors:>6} | {result.tool}")
+    ratios = [retl.rate / minimal.rate
+              for retl, minimal in zip(results[("retl", "list")], results[("minimal", "list")], strict=True)]
+    p99s = [mixed.percentile(99) for mixed in results[("retl", "mixed")]]
+    errors = sum(r.errors for r in results[("retl", "list")] + results[("retl", "mixed")])
+    print(f"\nGET /syncs: retl / minimal, by round: {', '.join(f'{r:.2f}×' for r in ratios)};"
+          f" median {statistics.median(ratios):.2f}× (goal ≥ 0.4×)")
+    print(f"mixed at {args.rate} req/s: retl p99 by round: {', '.join(f'{p:.1f}' for p in p99s)} ms;"
+          f" median {statistics.median(p99s):.1f} ms (goal < 50 ms); errors {errors} (goal 0)")
     for name in ("minimal", "retl"):
-        kinds = results[(name, "mixed")].by_kind or {}
-        print(f"  {name} mixed, p50/p99 ms by kind: " + ", ".join(
+        kinds: dict[str, list[float]] = {}
+        for mixed in results[(name, "mixed")]:
+            for kind, taken in (mixed.by_kind or {}).items():
+                kinds.setdefault(kind, []).extend(taken)
+        print(f"  {name} mixed, all rounds, p50/p99 ms by kind: " + ", ".join(
             f"{kind} {Result(0, 0, taken, 0, '').percentile(50):.1f}/"
             f"{Result(0, 0, taken, 0, '').percentile(99):.1f}" for kind, taken in kinds.items()
         ))
-
 
 if __name__ == "__main__":
     main()

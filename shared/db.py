@@ -13,12 +13,17 @@ key lookup and the list, and no BEGIN or COMMIT."""
 
 from __future__ import annotations
 
+import json
+import json.scanner
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool
 
 from shared.settings import get_settings
@@ -26,6 +31,29 @@ from shared.settings import get_settings
 _pool: ConnectionPool | None = None
 _pool_lock = threading.Lock()
 _carried: ContextVar[psycopg.Connection | None] = ContextVar("retl_carried_connection", default=None)
+
+
+_decode_json = json.JSONDecoder().decode
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())
+
+
+class _JsonbLoader(Loader):
+    """jsonb columns as Python values, as psycopg's own loader gives them, at about half its
+    cost (an API list page reads two such columns a row): Postgres writes jsonb as canonical
+    text, with nothing around the value, so the scanner alone reads it. Anything else takes the
+    full decoder, which also raises as `json.loads` would."""
+
+    def load(self, data: Buffer) -> Any:
+        text = bytes(data).decode()
+        try:
+            value, end = _scan_json(text, 0)
+        except StopIteration:
+            return _decode_json(text)
+        return value if end == len(text) else _decode_json(text)
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    conn.adapters.register_loader("jsonb", _JsonbLoader)
 
 
 def get_pool() -> ConnectionPool:
@@ -42,6 +70,7 @@ def get_pool() -> ConnectionPool:
                     # How long a checkout waits for a connection (all busy, or Postgres away).
                     timeout=settings.database_wait_s,
                     kwargs={"autocommit": False, "connect_timeout": max(1, int(settings.database_wait_s))},
+                    configure=_configure,
                     name="retl",
                 )
     return _pool
