@@ -22,7 +22,7 @@ def require_workspace(blueprint: Blueprint) -> None:
         key_hash = auth.key_hash_of_bearer(request.headers.get("Authorization"))
         g.request_connection = ExitStack()
         conn = g.request_connection.enter_context(db.carry())
-        g.workspace_id = auth.workspace_for_key_hash(conn, key_hash)
+        g.workspace_id, g.syncs_version = auth.workspace_for_key_hash(conn, key_hash)
         # An id no row can have (Postgres text holds no NUL) is unknown, like any other.
         for value in (request.view_args or {}).values():
             if isinstance(value, str) and text_problem(value):

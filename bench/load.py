@@ -35,6 +35,7 @@ STATE_DB = "retl_bench_api"
 API = "/api/reverse-etl"
 SYNCS = 20
 STARTUP_SECONDS = 60
+UNKEPT = "retl, no kept answers"
 
 
 def _url(database: str) -> str:
@@ -146,9 +147,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(command: list[str], port: int, log_path: Path) -> subprocess.Popen:
+def start(command: list[str], port: int, log_path: Path, **env: str) -> subprocess.Popen:
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=log,
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
@@ -325,8 +326,13 @@ def main() -> None:
         print("wrk is not installed (apt-get install wrk): the closed loop uses the Python generator")
     work = Path(tempfile.mkdtemp(prefix="retl-bench-api-"))
     results: dict[tuple[str, str], list[Result]] = {}
-    retl_port, minimal_port = _free_port(), _free_port()
+    retl_port, minimal_port, unkept_port = _free_port(), _free_port(), _free_port()
     retl = start(_serve_command(retl_port, args.workers, args.threads, None), retl_port, work / "retl.log")
+    # The same server keeping no answers (api/answers.py): every read reads, converts and
+    # encodes its rows, as a read right after a change to the workspace's syncs does.
+    unkept = start(_serve_command(unkept_port, args.workers, args.threads, None), unkept_port,
+                   work / "unkept.log", RETL_API_ANSWER_CACHE_MB="0")
+    servers = (("minimal", minimal_port), ("retl", retl_port), (UNKEPT, unkept_port))
     try:
         base = f"http://127.0.0.1:{retl_port}"
         headers = {"Authorization": f"Bearer {key}"}
@@ -341,19 +347,19 @@ def main() -> None:
         minimal = start(_serve_command(minimal_port, args.workers, args.threads, str(work / "answers.json")),
                         minimal_port, work / "minimal.log")
         try:
-            for port in (minimal_port, retl_port):
+            for _, port in servers:
                 python_closed_loop(f"http://127.0.0.1:{port}{API}/syncs", key, 2, 4)  # warm every worker
-            # The two servers take turns, round after round: a machine whose speed drifts (other
+            # The servers take turns, round after round: a machine whose speed drifts (other
             # work, CPU taken by neighbours) moves both sides of a round's ratio alike.
             for _ in range(args.rounds):
-                for name, port in (("minimal", minimal_port), ("retl", retl_port)):
+                for name, port in servers:
                     url = f"http://127.0.0.1:{port}{API}/syncs"
                     if use_wrk:
                         measured = wrk(url, key, args.seconds, 2, args.connections)
                     else:
                         measured = python_closed_loop(url, key, args.seconds, args.connections)
                     results.setdefault((name, "list"), []).append(measured)
-                for name, port in (("minimal", minimal_port), ("retl", retl_port)):
+                for name, port in servers:
                     results.setdefault((name, "mixed"), []).append(fixed_rate_mixed(
                         f"http://127.0.0.1:{port}", key, sync_ids, args.rate, args.seconds
                     ))
@@ -361,34 +367,37 @@ def main() -> None:
             stop(minimal)
     finally:
         stop(retl)
+        stop(unkept)
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{STATE_DB}" WITH (FORCE)')
 
     print(f"gunicorn, {args.workers} workers × {args.threads} threads; {args.rounds} rounds of"
           f" {args.seconds} s per line, the servers taking turns; {os.cpu_count()} cores;"
           f" load average before the run {load_before:.1f}")
-    print(f"{'case':<58}| {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | tool")
-    print("-" * 58 + "+" + "-" * 10 + "+" + "-" * 9 + "+" + "-" * 9 + "+" + "-" * 8 + "+" + "-" * 20)
+    print(f"{'case':<68}| {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | tool")
+    print("-" * 68 + "+" + "-" * 10 + "+" + "-" * 9 + "+" + "-" * 9 + "+" + "-" * 8 + "+" + "-" * 20)
     labels = {
         "list": f"GET /syncs (20 syncs), {args.connections} connections",
         "mixed": f"mixed list/get/trigger at {args.rate} req/s",
     }
     for case in ("list", "mixed"):
         for round_no in range(args.rounds):
-            for name in ("minimal", "retl"):
+            for name, _ in servers:
                 result = results[(name, case)][round_no]
                 label = f"{round_no + 1} {name}: {labels[case]}"
-                print(f"{label:<58}| {result.rate:>8.0f} | {result.percentile(50):>7.1f} |"
+                print(f"{label:<68}| {result.rate:>8.0f} | {result.percentile(50):>7.1f} |"
                       f" {result.percentile(99):>7.1f} | {result.errors:>6} | {result.tool}")
-    ratios = [retl.rate / minimal.rate
-              for retl, minimal in zip(results[("retl", "list")], results[("minimal", "list")], strict=True)]
-    p99s = [mixed.percentile(99) for mixed in results[("retl", "mixed")]]
-    errors = sum(r.errors for r in results[("retl", "list")] + results[("retl", "mixed")])
-    print(f"\nGET /syncs: retl / minimal, by round: {', '.join(f'{r:.2f}×' for r in ratios)};"
-          f" median {statistics.median(ratios):.2f}× (goal ≥ 0.4×)")
-    print(f"mixed at {args.rate} req/s: retl p99 by round: {', '.join(f'{p:.1f}' for p in p99s)} ms;"
-          f" median {statistics.median(p99s):.1f} ms (goal < 50 ms); errors {errors} (goal 0)")
-    for name in ("minimal", "retl"):
+    print()
+    for name in ("retl", UNKEPT):
+        ratios = [retl.rate / minimal.rate
+                  for retl, minimal in zip(results[(name, "list")], results[("minimal", "list")], strict=True)]
+        p99s = [mixed.percentile(99) for mixed in results[(name, "mixed")]]
+        errors = sum(r.errors for r in results[(name, "list")] + results[(name, "mixed")])
+        print(f"{name}: GET /syncs / minimal's, by round: {', '.join(f'{r:.2f}×' for r in ratios)};"
+              f" median {statistics.median(ratios):.2f}× (goal ≥ 0.4×)")
+        print(f"{name}: mixed at {args.rate} req/s, p99 by round: {', '.join(f'{p:.1f}' for p in p99s)}"
+              f" ms; median {statistics.median(p99s):.1f} ms (goal < 50 ms); errors {errors} (goal 0)")
+    for name, _ in servers:
         kinds: dict[str, list[float]] = {}
         for mixed in results[(name, "mixed")]:
             for kind, taken in (mixed.by_kind or {}).items():
@@ -397,6 +406,7 @@ def main() -> None:
             f"{kind} {Result(0, 0, taken, 0, '').percentile(50):.1f}/"
             f"{Result(0, 0, taken, 0, '').percentile(99):.1f}" for kind, taken in kinds.items()
         ))
+
 
 if __name__ == "__main__":
     main()

@@ -40,6 +40,8 @@ class Settings:
     duckdb_threads: int = 2
     database_wait_s: float = 10.0
     metrics_token: str | None = None
+    # The bytes of sync-read answers an API process keeps (api/answers.py); 0 keeps none.
+    api_answer_cache_bytes: int = 32 * 1024 * 1024
 
     @property
     def control_queue(self) -> str:
@@ -96,4 +98,5 @@ def get_settings() -> Settings:
         duckdb_threads=int(_float("RETL_DUCKDB_THREADS", 2)),
         database_wait_s=_float("RETL_DATABASE_WAIT_SECONDS", 10),
         metrics_token=os.environ.get("RETL_METRICS_TOKEN") or None,
+        api_answer_cache_bytes=int(_float("RETL_API_ANSWER_CACHE_MB", 32) * 1024 * 1024),
     )

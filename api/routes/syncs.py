@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from api import schemas
+from api.answers import sync_read
 from api.auth import require_workspace, workspace_id
 from api.http import body, many, one, paged, query
 from api.routes import PREFIX
@@ -25,11 +26,10 @@ _preview_attributes = schemas.PreviewAttributes()
 @bp.get("/syncs")
 def list_syncs():
     args = query(schemas.SyncListQuery)
-    page = syncs.list_page(
+    return sync_read(lambda: paged(SYNC, _attributes, syncs.list_page(
         workspace_id(), destination_id=args.get("destination_id"), enabled=args.get("enabled"),
         cursor=args.get("cursor"), limit=args["limit"],
-    )
-    return paged(SYNC, _attributes, page)
+    )))
 
 
 @bp.post("/syncs")
@@ -41,8 +41,7 @@ def create_sync():
 @bp.get("/syncs/<sync_id:sync_id>")
 def get_sync(sync_id: str):
     query(schemas.EmptyQuery)
-    sync = syncs.get(workspace_id(), sync_id)
-    return one(SYNC, sync.id, _attributes, sync)
+    return sync_read(lambda: one(SYNC, sync_id, _attributes, syncs.get(workspace_id(), sync_id)))
 
 
 @bp.put("/syncs/<sync_id:sync_id>")

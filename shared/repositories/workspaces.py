@@ -55,11 +55,14 @@ def insert_api_key(
         return cur.fetchone()
 
 
-def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> str | None:
-    row = conn.execute(
-        "SELECT workspace_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (key_hash,)
+def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> tuple[str, int] | None:
+    """The workspace of a live key and its syncs_version (see migration 0024), or None."""
+    return conn.execute(
+        "SELECT k.workspace_id, w.syncs_version FROM api_keys k"
+        " JOIN workspaces w ON w.id = k.workspace_id"
+        " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
+        (key_hash,),
     ).fetchone()
-    return row[0] if row else None
 
 
 def list_api_keys(conn: psycopg.Connection, workspace_id: str) -> list[ApiKey]:

@@ -57,13 +57,13 @@ def key_hash_of_bearer(authorization: str | None) -> str:
     return hash_key(key)
 
 
-def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> str:
-    """The workspace a live key authenticates, looked up on `conn` (the API's request connection,
-    which the request's work then uses)."""
-    workspace_id = workspaces.workspace_for_key_hash(conn, key_hash)
-    if workspace_id is None:
+def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> tuple[str, int]:
+    """The workspace a live key authenticates and the version of its syncs, looked up on `conn`
+    (the API's request connection, which the request's work then uses)."""
+    found = workspaces.workspace_for_key_hash(conn, key_hash)
+    if found is None:
         raise Unauthorized("unknown or revoked API key")
-    return workspace_id
+    return found
 
 
 def list_api_keys(workspace_id: str) -> list[workspaces.ApiKey]:
