@@ -9,7 +9,8 @@ statement sees one snapshot by itself), which spares the BEGIN and COMMIT round 
 A caller may check a connection out ahead of time with `carry` (the API looks a request's key up
 on it, outside any transaction): the first `read()` or `transaction()` of the same context then
 runs on that connection. An authenticated `GET /syncs` is so two statements on one checkout: the
-key lookup and the list, and no BEGIN or COMMIT."""
+key lookup and the list, and no BEGIN or COMMIT (one, the key lookup, when its answer is kept:
+see api/answers.py)."""
 
 from __future__ import annotations
 
