@@ -129,4 +129,3 @@ def set_next_run_at(conn: psycopg.Connection, id: str, next_run_at: dt.datetime 
 def forget_snapshot(conn: psycopg.Connection, sync_id: str) -> None:
     """Forget what the sync's destination holds, so the next run sends every record."""
     conn.execute("DELETE FROM sync_snapshots WHERE sync_id = %s", (sync_id,))
-    conn.execute("DELETE FROM sync_field_digests WHERE sync_id = %s", (sync_id,))

@@ -121,7 +121,8 @@ def test_approving_writes_the_planned_records_and_nothing_else(
     # The field digests travelled with the kept batches; the removed records lost theirs.
     with transaction() as conn:
         digests = dict(conn.execute(
-            "SELECT record_key, digests FROM sync_field_digests WHERE sync_id = %s",
+            "SELECT record_key, field_digests FROM sync_snapshots WHERE sync_id = %s"
+                " AND field_digests IS NOT NULL",
             (setup.sync_id,),
         ).fetchall())
     assert {k: bytes(d) for k, d in digests.items()} == {

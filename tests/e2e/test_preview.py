@@ -43,7 +43,8 @@ def _state(setup: SyncSetup) -> tuple[Any, ...]:
             conn.execute(statement, (setup.sync_id,)).fetchall() for statement in (
                 "SELECT record_key, content_hash FROM sync_snapshots WHERE sync_id = %s"
                 " ORDER BY record_key",
-                "SELECT record_key, digests FROM sync_field_digests WHERE sync_id = %s"
+                "SELECT record_key, field_digests FROM sync_snapshots WHERE sync_id = %s"
+                " AND field_digests IS NOT NULL"
                 " ORDER BY record_key",
                 "SELECT id, status, rows_written FROM runs WHERE sync_id = %s ORDER BY id",
                 "SELECT id, resolved, attempts FROM dlq_entries WHERE sync_id = %s ORDER BY id",
@@ -222,7 +223,8 @@ def test_a_preview_reads_at_most_its_row_cap(
 def _digests(setup: SyncSetup) -> dict[str, bytes]:
     with transaction() as conn:
         rows = conn.execute(
-            "SELECT record_key, digests FROM sync_field_digests WHERE sync_id = %s",
+            "SELECT record_key, field_digests FROM sync_snapshots WHERE sync_id = %s"
+                " AND field_digests IS NOT NULL",
             (setup.sync_id,),
         ).fetchall()
     return {key: bytes(digests) for key, digests in rows}
@@ -297,7 +299,8 @@ def test_changed_fields_name_the_fields_that_differ_from_what_was_sent(
     assert _changed_fields(_preview(client, account, path)) == {"1": ["inverse", "score"]}
     # A record without digests (accepted before they were kept): which fields is not known.
     with transaction() as conn:
-        conn.execute("DELETE FROM sync_field_digests WHERE sync_id = %s AND record_key = '1'",
+        conn.execute("UPDATE sync_snapshots SET field_digests = NULL"
+                     " WHERE sync_id = %s AND record_key = '1'",
                      (setup.sync_id,))
     assert _changed_fields(_preview(client, account, path)) == {"1": None}
 

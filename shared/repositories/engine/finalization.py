@@ -14,15 +14,14 @@ def accept_batch(
     key_kind: str | None = None,
 ) -> None:
     """The destination accepted the batch's records except `refused`: the snapshot takes their
-    hashes (or forgets the removed ones), their field digests replace the stored ones (a delete
-    drops them) and their open DLQ entries resolve — unless the run also recorded a failure for
-    the key (a duplicate key), which keeps the entry open.
+    hashes and field digests (or forgets the removed ones) and their open DLQ entries resolve —
+    unless the run also recorded a failure for the key (a duplicate key), which keeps the entry
+    open.
 
     `new_keys` (a one-pass batch of a run planned against an empty snapshot): the snapshot
     holds none of the keys, so they are inserted without the conflict check; if one is there
     after all this raises UniqueViolation, and the caller records the batch again without
-    `new_keys`; the sync's field digests are forgotten with its snapshot, so they are inserted
-    the same way. `key_kind` is how the source typed the keys (see `set_key_kind`)."""
+    `new_keys`. `key_kind` is how the source typed the keys (see `set_key_kind`)."""
     # Driven by the batch's keys (one primary-key probe each): the staging tables are never
     # analysed, and a plan that scanned the run's whole staging per batch would be quadratic.
     accepted = (
@@ -31,50 +30,45 @@ def accept_batch(
         " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
         " AND NOT (k.record_key = ANY(%(refused)s::text[]))"
     )
+    accepted_digests = (
+        "SELECT k.record_key, k.digests FROM run_batches b"
+        " CROSS JOIN LATERAL unnest(b.record_keys, b.field_digests) AS k(record_key, digests)"
+        " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
+        " AND NOT (k.record_key = ANY(%(refused)s::text[]))"
+    )
     params = {"run": run_id, "batch": batch_no, "refused": refused, "sync": sync_id,
               "kind": key_kind}
     upsert = "" if new_keys and has_hashes else (
         " ON CONFLICT (sync_id, record_key) DO UPDATE SET content_hash = EXCLUDED.content_hash,"
-        " key_kind = EXCLUDED.key_kind"
+        " key_kind = EXCLUDED.key_kind, field_digests = EXCLUDED.field_digests"
         " WHERE sync_snapshots.content_hash <> EXCLUDED.content_hash"
         " OR sync_snapshots.key_kind IS DISTINCT FROM EXCLUDED.key_kind"
+        " OR sync_snapshots.field_digests IS DISTINCT FROM EXCLUDED.field_digests"
     )
     # A one-pass batch carries its hashes; otherwise they are the run's staged operations'.
+    # The field digests come with the batch either way (NULL in a batch stored before they were
+    # kept: the snapshot then no longer says which fields the destination holds).
     if has_hashes:
         conn.execute(
-            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash, key_kind)"
-            " SELECT %(sync)s, k.record_key, k.content_hash, %(kind)s"
-            " FROM run_batches b CROSS JOIN LATERAL"
-            " unnest(b.record_keys, b.content_hashes) AS k(record_key, content_hash)"
+            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash, key_kind,"
+            " field_digests)"
+            " SELECT %(sync)s, k.record_key, k.content_hash, %(kind)s, k.digests"
+            " FROM run_batches b CROSS JOIN LATERAL unnest(b.record_keys, b.content_hashes,"
+            " b.field_digests) AS k(record_key, content_hash, digests)"
             " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
             " AND NOT (k.record_key = ANY(%(refused)s::text[]))" + upsert,
             params,
         )
     else:
         conn.execute(
-            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash, key_kind)"
-            f" SELECT %(sync)s, o.record_key, o.content_hash, %(kind)s FROM ({accepted}) AS a"
+            "INSERT INTO sync_snapshots (sync_id, record_key, content_hash, key_kind,"
+            " field_digests)"
+            " SELECT %(sync)s, o.record_key, o.content_hash, %(kind)s, a.digests"
+            f" FROM ({accepted_digests}) AS a"
             " JOIN run_ops o ON o.run_id = %(run)s AND o.record_key = a.record_key"
             " WHERE o.change <> 'removed'" + upsert,
             params,
         )
-    # Aligned with the batch's keys; a key without digests (a delete, or a batch stored before
-    # batches carried them) loses those stored, which no longer say what the destination holds.
-    # Rewritten only when they differ, like the snapshot's hash.
-    conn.execute(
-        "WITH k AS (SELECT k.record_key, k.digests FROM run_batches b CROSS JOIN LATERAL"
-        " unnest(b.record_keys, b.field_digests) AS k(record_key, digests)"
-        " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
-        " AND NOT (k.record_key = ANY(%(refused)s::text[]))),"
-        " gone AS (DELETE FROM sync_field_digests d USING k WHERE k.digests IS NULL"
-        "  AND d.sync_id = %(sync)s AND d.record_key = k.record_key)"
-        " INSERT INTO sync_field_digests (sync_id, record_key, digests)"
-        " SELECT %(sync)s, k.record_key, k.digests FROM k WHERE k.digests IS NOT NULL"
-        + ("" if new_keys and has_hashes else
-           " ON CONFLICT (sync_id, record_key) DO UPDATE SET digests = EXCLUDED.digests"
-           " WHERE sync_field_digests.digests <> EXCLUDED.digests"),
-        params,
-    )
     if operation == "delete":
         conn.execute(
             f"DELETE FROM sync_snapshots s USING ({accepted}) AS a, run_ops o"

@@ -398,8 +398,8 @@ def stored_field_digests(
     """Key -> the field digests of the record the destination last accepted, for those of
     `keys` that have them (see worker/field_digests.py)."""
     rows = conn.execute(
-        "SELECT record_key, digests FROM sync_field_digests"
-        " WHERE sync_id = %s AND record_key = ANY(%s::text[])",
+        "SELECT record_key, field_digests FROM sync_snapshots"
+        " WHERE sync_id = %s AND record_key = ANY(%s::text[]) AND field_digests IS NOT NULL",
         (sync_id, keys),
     ).fetchall()
     return {key: bytes(digests) for key, digests in rows}
