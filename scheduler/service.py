@@ -14,7 +14,7 @@ from croniter import CroniterError
 
 from shared import logs, schedules
 from shared.db import transaction
-from shared.repositories import syncs
+from shared.repositories import syncs, workspaces
 from shared.services.runs import enqueue, queue_run
 
 log = logs.get_logger(__name__)
@@ -34,6 +34,7 @@ def tick(now: dt.datetime | None = None) -> list[str]:
     while True:
         with transaction() as conn:
             due = syncs.due(conn, now, limit=BATCH_SIZE)
+            workspaces.lock_for_sync_changes(conn, sorted({sync.workspace_id for sync in due}))
             for sync in due:
                 created.extend(_queue_tick(conn, sync, now))
         if len(due) < BATCH_SIZE:

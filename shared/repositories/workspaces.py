@@ -65,6 +65,18 @@ def workspace_for_key_hash(conn: psycopg.Connection, key_hash: str) -> tuple[str
     ).fetchone()
 
 
+def lock_for_sync_changes(conn: psycopg.Connection, workspace_ids: list[str]) -> None:
+    """Take, in id order, the row locks the syncs_version trigger (migration 0024) takes when
+    a statement changes these workspaces' syncs. A transaction that changes syncs of several
+    workspaces one statement at a time would otherwise take them in its own order, and two such
+    transactions (two beats) could each wait for the other. FOR NO KEY UPDATE, as the trigger's
+    UPDATE: inserts of runs and other rows that refer to a workspace are not held up."""
+    conn.execute(
+        "SELECT 1 FROM workspaces WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
+        (workspace_ids,),
+    )
+
+
 def list_api_keys(conn: psycopg.Connection, workspace_id: str) -> list[ApiKey]:
     with conn.cursor(row_factory=class_row(ApiKey)) as cur:
         cur.execute(
