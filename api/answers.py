@@ -62,11 +62,6 @@ class AnswerCache:
                 _, (_, dropped, _) = self._answers.popitem(last=False)
                 self._bytes -= len(dropped)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._answers.clear()
-            self._bytes = 0
-
 
 SYNC_READS = AnswerCache()
 

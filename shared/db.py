@@ -39,10 +39,10 @@ _scan_json = json.scanner.make_scanner(json.JSONDecoder())
 
 
 class _JsonbLoader(Loader):
-    """jsonb columns as Python values, as psycopg's own loader gives them, at about half its
-    cost (an API list page reads two such columns a row): Postgres writes jsonb as canonical
-    text, with nothing around the value, so the scanner alone reads it. Anything else takes the
-    full decoder, which also raises as `json.loads` would."""
+    """jsonb columns as Python values, as psycopg's own loader gives them, with less work per
+    value (an API list page reads two such columns a row; 4–8% of its CPU in-process): Postgres
+    writes jsonb as canonical text, with nothing around the value, so the scanner alone reads
+    it. Anything else takes the full decoder, which also raises as `json.loads` would."""
 
     def load(self, data: Buffer) -> Any:
         text = bytes(data).decode()

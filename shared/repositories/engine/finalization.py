@@ -24,18 +24,13 @@ def accept_batch(
     `new_keys`. `key_kind` is how the source typed the keys (see `set_key_kind`)."""
     # Driven by the batch's keys (one primary-key probe each): the staging tables are never
     # analysed, and a plan that scanned the run's whole staging per batch would be quadratic.
-    accepted = (
-        "SELECT k.record_key FROM run_batches b"
-        " CROSS JOIN LATERAL unnest(b.record_keys) AS k(record_key)"
-        " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
-        " AND NOT (k.record_key = ANY(%(refused)s::text[]))"
-    )
     accepted_digests = (
         "SELECT k.record_key, k.digests FROM run_batches b"
         " CROSS JOIN LATERAL unnest(b.record_keys, b.field_digests) AS k(record_key, digests)"
         " WHERE b.run_id = %(run)s AND b.batch_no = %(batch)s"
         " AND NOT (k.record_key = ANY(%(refused)s::text[]))"
     )
+    accepted = f"SELECT record_key FROM ({accepted_digests}) AS accepted"
     params = {"run": run_id, "batch": batch_no, "refused": refused, "sync": sync_id,
               "kind": key_kind}
     upsert = "" if new_keys and has_hashes else (
