@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from connectors.destinations.base import Destination, DestinationField
 from connectors.errors import AuthError, ConnectorError, RetryableError
@@ -36,10 +37,12 @@ from worker.field_digests import record_digests
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 50_000
+HASH_CHUNK = 10_000
 ROW_CHUNK = 10_000
 # How often a planner looks for a cancel of its run (between lease renewals).
 CANCEL_POLL_S = 1.0
+# How often a planner staging the source's rows writes how many it has read.
+PROGRESS_EVERY_S = 1.0
 
 
 class RunFailed(Exception):
@@ -404,50 +407,123 @@ def _pack_in_one_pass(
 def _diff(
     context: RunContext, source: Source, plan: mapping.Plan, heartbeat: Heartbeat
 ) -> tuple[repo.DiffCounts, set[str]]:
-    """Stream (key, hash) from the source into a staging table and classify it in Postgres."""
+    """Stream (key, hash) from the source into the run's stage and classify it in Postgres."""
     sync, lease = context.sync, context.lease
     replay = lease.replay_keys is not None
 
+    told_at = time.monotonic()
+
     def on_chunk(rows: int) -> None:
+        # Every chunk looks for a cancel or a lost lease; the rows read so far are written
+        # about once a second (a transaction per chunk of 10,000 rows held the stream up).
+        nonlocal told_at
         heartbeat.check()
+        if time.monotonic() - told_at < PROGRESS_EVERY_S:
+            return
+        told_at = time.monotonic()
         with transaction() as conn:
             repo.fence(conn, lease.run_id, lease.fencing_token)
             repo.set_rows_read(conn, lease.run_id, rows)
 
     keys_unique = _keys_unique(source, sync.source_query, plan.key_column)
+    stage = repo.run_stage(lease.run_id)
     with db.connect() as pg:
-        repo.create_stage(pg)
-        salted = _salted(source)
-        # Rows made COPY text by the source are staged without a Python call each.
-        lines = bool(getattr(type(source), "streams_key_hash_lines", False)) and salted
-        read_key_hashes = source.stream_key_hash_lines if lines else source.stream_key_hashes
-        if salted:
-            chunks = read_key_hashes(
-                sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK,
-                salt=plan.fingerprint, **_hash_options(context, source),
-            )
-        else:
-            chunks = source.stream_key_hashes(
-                sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK
-            )
-        read = repo.copy_into_stage(pg, chunks, on_chunk, lines=lines)
-        heartbeat.check()
-        if replay:
-            repo.restrict_stage_to_keys(pg, lease.replay_keys or [])
-        rejects = repo.stage_rejects(pg, lease.run_id, keys_unique=keys_unique)
-        counts = repo.diff_into_ops(
-            pg, run_id=lease.run_id, sync_id=sync.id, fingerprint=plan.fingerprint,
-            mode=sync.sync_mode, resend_all=lease.full_refresh or replay,
-            detect_removed=sync.sync_mode == "mirror" and not replay, salted=salted,
-        )
-        failed_rows = sum(r.rows for r in rejects)
-        # Fenced last: the run's row stays locked only from here to the commit, so the lease's
-        # renewal is not held up by the diff (a minute and more at ten million rows).
-        repo.fence(pg, lease.run_id, lease.fencing_token)
-        repo.set_plan_counts(pg, lease.run_id, read=read, counts=counts, failed=failed_rows)
-        pg.commit()
+        try:
+            repo.create_stage(pg, stage)
+            salted = _salted(source)
+            # Rows made COPY text by the source are staged without a Python call each.
+            copy_text = bool(getattr(type(source), "streams_key_hash_copy", False)) and salted
+            read_key_hashes = source.stream_key_hash_copy if copy_text else source.stream_key_hashes
+            if salted:
+                chunks = read_key_hashes(
+                    sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK,
+                    salt=plan.fingerprint, **_hash_options(context, source),
+                )
+            else:
+                chunks = source.stream_key_hashes(
+                    sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK
+                )
+            read = repo.copy_into_stage(pg, stage, chunks, on_chunk, copy_text=copy_text)
+            heartbeat.check()
+            if replay:
+                repo.restrict_stage_to_keys(pg, stage, lease.replay_keys or [])
+            repo.analyze_stage(pg, stage)
+            pg.commit()  # the stage is read by a second session from here on
+
+            def diff(staged: int | None = None) -> repo.DiffCounts:
+                return repo.diff_into_ops(
+                    pg, stage, run_id=lease.run_id, sync_id=sync.id,
+                    fingerprint=plan.fingerprint, mode=sync.sync_mode,
+                    resend_all=lease.full_refresh or replay,
+                    detect_removed=sync.sync_mode == "mirror" and not replay, salted=salted,
+                    staged=staged,
+                )
+
+            # Until rows leave it (a replay's, or rejected rows), the stage holds what was read.
+            staged = None if replay else read
+            if keys_unique:
+                rejects, counts = [], diff(staged)
+            else:
+                rejects, counts = _rejects_beside_diff(pg, stage, lease.run_id, staged, diff)
+            failed_rows = sum(r.rows for r in rejects)
+            # Fenced last: the run's row stays locked only from here to the commit, so the
+            # lease's renewal is not held up by the diff (a minute and more at ten million rows).
+            repo.fence(pg, lease.run_id, lease.fencing_token)
+            repo.set_plan_counts(pg, lease.run_id, read=read, counts=counts, failed=failed_rows)
+            pg.commit()
+        finally:
+            _drop_stage(pg, stage)
     dup_keys = {r.record_key for r in rejects if r.error_code == "DUPLICATE_KEY"}
     return counts, dup_keys
+
+
+def _rejects_beside_diff(
+    pg: psycopg.Connection, stage: sql.Identifier, run_id: str, staged: int | None,
+    diff: Callable[[int | None], repo.DiffCounts],
+) -> tuple[list[repo.Rejected], repo.DiffCounts]:
+    """Search the stage for null and repeated keys in a second session while `diff` runs in
+    `pg`: the two take about as long, on two cores instead of one after the other, and most
+    results hold neither. When the search finds some, the diff is undone, the rows that do not
+    count leave the stage (`repo.stage_rejects`) and the diff is made again."""
+    found: list[bool] = []
+    failed: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            with db.connect() as conn:
+                found.append(repo.stage_has_rejects(conn, stage))
+        except BaseException as exc:  # raised in the planner's thread below
+            failed.append(exc)
+
+    searching = threading.Thread(target=search, name=f"rejects-{run_id}", daemon=True)
+    searching.start()
+    refused: psycopg.Error | None = None
+    try:
+        counts = diff(staged)
+    except (psycopg.errors.UniqueViolation, psycopg.errors.NotNullViolation) as exc:
+        refused = exc  # a key twice, or a null key, among what goes out: the search finds it
+    finally:
+        searching.join()
+    if failed:
+        raise failed[0]
+    if not found[0]:
+        if refused is not None:
+            raise refused
+        return [], counts
+    pg.rollback()
+    rejects = repo.stage_rejects(pg, stage, run_id)
+    return rejects, diff()
+
+
+def _drop_stage(pg: psycopg.Connection, stage: sql.Identifier) -> None:
+    """Drop the run's stage once the plan is made or failed; if the session cannot (it broke),
+    the reaper drops it later (`repo.drop_abandoned_stages`)."""
+    try:
+        pg.rollback()
+        repo.drop_stage(pg, stage)
+        pg.commit()
+    except psycopg.Error as exc:
+        log.warning("the stage %s stays for the reaper: %s", stage, exc)
 
 
 def _guard_verdict(context: RunContext, counts: repo.DiffCounts) -> str | None:

@@ -140,17 +140,19 @@ def _plan(
     mode = sync.sync_mode
     pg.execute("SELECT set_config('statement_timeout', %s, true)",
                (str(int(budget.seconds * 1000)),))
-    repo.create_stage(pg)
+    stage = repo.PREVIEW_STAGE
+    repo.create_stage(pg, stage)
     salted = planner._salted(source)
     salt = {"salt": plan.fingerprint, **planner._hash_options(context, source)} if salted else {}
     chunks = source.stream_key_hashes(
         sync.source_query, plan.key_column, plan.read_columns,
         min(planner.HASH_CHUNK, budget.max_rows + 1), **salt,  # the cap is checked per chunk
     )
-    repo.copy_into_stage(pg, chunks, budget.check)
-    rejects = repo.stage_rejects(pg, preview_id)
+    repo.copy_into_stage(pg, stage, chunks, budget.check)
+    repo.analyze_stage(pg, stage)
+    rejects = repo.stage_rejects(pg, stage, preview_id)
     diff = repo.diff_into_ops(
-        pg, run_id=preview_id, sync_id=sync.id, fingerprint=plan.fingerprint, mode=mode,
+        pg, stage, run_id=preview_id, sync_id=sync.id, fingerprint=plan.fingerprint, mode=mode,
         resend_all=False, detect_removed=mode == "mirror", salted=salted,
     )
     numbers = planner.plan_numbers(mode, diff, 0)

@@ -820,6 +820,8 @@ def reap() -> ReapReport:
         purged = repo.purge_finished_staging(conn, KEEP_STAGING_S)
         if queued:
             runs.mark_enqueued(conn, queued)
+    with transaction() as conn:  # its lock timeout must not reach the statements above
+        repo.drop_abandoned_stages(conn)
     for run_id in [*queued, *expired]:
         dispatch.enqueue_run(run_id)
     for batch in stranded:

@@ -98,10 +98,10 @@ class Source(ABC):
       `json_forms=True` and then give each value as `connectors.json_forms.json_value` would
       make it (text for dates and times, numbers for decimals), for records that go to a JSON
       destination unchanged. Without it the destination's JSON form is applied while mapping.
-    - `stream_key_hash_lines` (`streams_key_hash_lines` True): what `stream_key_hashes` gives,
-      each row as one line of Postgres COPY text (key escaped, a null key as `\\N`, a tab, the
-      hash), made by the source: the engine stages them as they come, without a Python call
-      per row.
+    - `stream_key_hash_copy` (`streams_key_hash_copy` True): what `stream_key_hashes` gives, as
+      blocks of Postgres COPY text (bytes; each row a line: the key escaped, a null key as `\\N`,
+      a tab, the hash), made by the source: the engine stages each block with one write,
+      without a Python call per row.
     - `repeated_keys` (`counts_repeated_keys` True): how many rows of the result have a null key
       or repeat an earlier row's key, counted in the source where that is cheap (a columnar
       engine). Zero spares the engine its own search for them among the staged keys.
@@ -115,7 +115,7 @@ class Source(ABC):
     streams_rows_with_hashes: ClassVar[bool] = False
     reads_json_forms: ClassVar[bool] = False
     counts_repeated_keys: ClassVar[bool] = False
-    streams_key_hash_lines: ClassVar[bool] = False
+    streams_key_hash_copy: ClassVar[bool] = False
 
     def __init__(
         self, config: dict[str, Any], *, statement_timeout_s: float = 1800,

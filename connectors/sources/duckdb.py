@@ -188,7 +188,7 @@ class DuckDbSource(Source):
     # repeated_keys: DuckDB counts a million distinct keys in a fraction of what finding the
     # duplicates among the staged keys costs Postgres.
     counts_repeated_keys: ClassVar[bool] = True
-    streams_key_hash_lines: ClassVar[bool] = True
+    streams_key_hash_copy: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "path", default=":memory:",
@@ -366,11 +366,12 @@ class DuckDbSource(Source):
         )
         yield from self._run(query, statement, chunk_size=chunk_size)
 
-    def stream_key_hash_lines(
+    def stream_key_hash_copy(
         self, query: str, key_column: str | None, columns: list[str], chunk_size: int = 50_000,
         *, salt: str = "",
-    ) -> Iterator[list[str]]:
-        """stream_key_hashes as lines of COPY text, one a row (see Source)."""
+    ) -> Iterator[bytes]:
+        """stream_key_hashes as blocks of COPY text of up to `chunk_size` rows (see Source),
+        each row's line made by DuckDB."""
         text = self._checked(query)
         key = self._key_expression(key_column, columns)
         escaped = (
@@ -379,11 +380,11 @@ class DuckDbSource(Source):
             " chr(92) || 'N')"
         )
         statement = (
-            f"SELECT {escaped} || chr(9) || {self._hash_expression(columns, salt)}"
+            f"SELECT {escaped} || chr(9) || {self._hash_expression(columns, salt)} || chr(10)"
             f" FROM (\n{text}\n) AS q"
         )
         for chunk in self._run(query, statement, chunk_size=chunk_size):
-            yield [row[0] for row in chunk]
+            yield "".join([row[0] for row in chunk]).encode()
 
     def repeated_keys(self, query: str, key_column: str) -> int:
         """Rows of the result whose key (as text, as stream_key_hashes gives it) is null or

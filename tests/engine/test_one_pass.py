@@ -24,7 +24,7 @@ def _sent(sink: FakeHttpSink) -> Counter[str]:
 def reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """How often each read of the Postgres source ran."""
     calls: Counter[str] = Counter()
-    for name in ("stream_key_hash_lines", "stream_rows_for_keys", "stream_rows_with_hashes"):
+    for name in ("stream_key_hash_copy", "stream_rows_for_keys", "stream_rows_with_hashes"):
         original = getattr(PostgresSource, name)
 
         def counted(self, *args, _name=name, _original=original, **kwargs):
@@ -54,7 +54,7 @@ def test_the_second_run_diffs_against_what_the_first_one_accepted(driver: Engine
     sink.received.clear()
     reads.clear()
     run = driver.run(setup)
-    assert reads == Counter({"stream_key_hash_lines": 1, "stream_rows_for_keys": 1})
+    assert reads == Counter({"stream_key_hash_copy": 1, "stream_rows_for_keys": 1})
     assert _sent(sink) == Counter({"4": 1, "22": 1})
     assert (run.rows_added, run.rows_changed, run.rows_unchanged) == (0, 2, 28)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 import duckdb
+import psycopg
 import pytest
 
 from connectors.sources.duckdb import DuckDbSource
@@ -120,22 +121,41 @@ def _copy_text(key: str | None, content_hash: str) -> str:
     return f"{escaped}\t{content_hash}"
 
 
-def test_postgres_key_hash_lines_are_the_key_hashes_as_copy_text(warehouse: Warehouse) -> None:
+def _lines(blocks) -> list[str]:
+    """Rows of COPY text blocks (a row is a line; values hold no raw newline)."""
+    text = b"".join(blocks).decode()
+    assert text.endswith("\n")
+    return text.split("\n")[:-1]
+
+
+def test_postgres_key_hash_copy_is_the_key_hashes_as_copy_text(warehouse: Warehouse) -> None:
     from connectors.sources.postgres import PostgresSource
 
     source = PostgresSource({"url": warehouse.url})
     for options in ({"salt": "s"}, {"salt": "s", "fast": True}):
         rows = [r for c in source.stream_key_hashes(NASTY_KEYS, "id", ["n"], **options) for r in c]
-        lines = [r for c in source.stream_key_hash_lines(NASTY_KEYS, "id", ["n"], **options)
-                 for r in c]
-        assert lines == [_copy_text(key, content_hash) for key, content_hash in rows]
+        blocks = list(source.stream_key_hash_copy(NASTY_KEYS, "id", ["n"], 4, **options))
+        assert len(blocks) == 2  # six rows, four to a block
+        assert _lines(blocks) == [_copy_text(key, content_hash) for key, content_hash in rows]
 
 
-def test_duckdb_key_hash_lines_are_the_key_hashes_as_copy_text() -> None:
+def test_postgres_key_hash_copy_reads_percent_signs_as_written(warehouse: Warehouse) -> None:
+    from connectors.sources.postgres import PostgresSource
+
+    query = "SELECT id, n FROM (VALUES ('a%b', 1), ('c', 2)) AS t(id, n) WHERE id LIKE '%%' OR n = 2"
+    source = PostgresSource({"url": warehouse.url})
+    rows = [r for c in source.stream_key_hashes(query, "id", ["n"], salt="s") for r in c]
+    lines = _lines(source.stream_key_hash_copy(query, "id", ["n"], salt="s"))
+    assert [line.split("\t")[0] for line in lines] == ["a%b", "c"]
+    assert lines == [_copy_text(key, content_hash) for key, content_hash in rows]
+
+
+def test_duckdb_key_hash_copy_is_the_key_hashes_as_copy_text() -> None:
     source = DuckDbSource({"path": ":memory:"})
     rows = [r for c in source.stream_key_hashes(NASTY_KEYS, "id", ["n"], salt="s") for r in c]
-    lines = [r for c in source.stream_key_hash_lines(NASTY_KEYS, "id", ["n"], salt="s") for r in c]
-    assert lines == [_copy_text(key, content_hash) for key, content_hash in rows]
+    blocks = list(source.stream_key_hash_copy(NASTY_KEYS, "id", ["n"], 4, salt="s"))
+    assert len(blocks) == 2
+    assert _lines(blocks) == [_copy_text(key, content_hash) for key, content_hash in rows]
 
 
 def test_keys_with_tabs_newlines_and_backslashes_are_diffed_as_they_are(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:
@@ -197,8 +217,8 @@ def test_the_lease_is_renewed_while_the_diff_runs(driver: EngineDriver, people_s
     renewed: list[bool | None] = []
     original = repo.diff_into_ops
 
-    def diff_then_renew(conn, **options):
-        counts = original(conn, **options)
+    def diff_then_renew(conn, stage, **options):
+        counts = original(conn, stage, **options)
         # The heartbeat, from its own connection, while the diff's transaction is still open.
         with transaction() as other:
             other.execute("SET LOCAL lock_timeout = '5s'")
@@ -212,3 +232,63 @@ def test_the_lease_is_renewed_while_the_diff_runs(driver: EngineDriver, people_s
     assert run.status == "succeeded", run.error
     assert renewed == [False]
     assert run.rows_changed == 1
+
+
+def _stages(*run_ids: str) -> list[str]:
+    from shared.db import transaction
+
+    with transaction() as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'retl_staging' AND c.relname = ANY(%s) ORDER BY 1",
+            (list(run_ids),),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_plan_drops_its_stage_made_or_failed(driver: EngineDriver, people_sync, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import planner
+
+    warehouse.insert(30)
+    setup = people_sync()
+    driver.run(setup)
+    warehouse.execute("UPDATE warehouse.people SET name = 'Changed' WHERE id = 3")
+    seen: list[list[str]] = []
+    original = planner._rejects_beside_diff
+
+    def looked(pg, stage, run_id, *args):
+        seen.append(_stages(run_id))  # the stage is there while the plan is made
+        return original(pg, stage, run_id, *args)
+
+    monkeypatch.setattr(planner, "_rejects_beside_diff", looked)
+    made = driver.run(setup)
+    assert made.status == "succeeded" and made.rows_changed == 1
+    assert seen == [[made.id]] and _stages(made.id) == []
+
+    def fails(*args, **kwargs):
+        raise psycopg.errors.DiskFull("no space left on device")
+
+    monkeypatch.setattr(planner.repo, "diff_into_ops", fails)
+    failed = driver.run(setup)
+    assert failed.status == "failed" and "no space left" in (failed.error or "")
+    assert _stages(failed.id) == []
+
+
+def test_the_reaper_drops_the_stages_that_dead_planners_left(driver: EngineDriver, people_sync, warehouse: Warehouse) -> None:
+    from shared.db import transaction
+    from shared.repositories import engine as repo
+
+    warehouse.insert(3)
+    setup = people_sync()
+    ended = driver.run(setup).id
+    running = driver.trigger(setup)
+    with transaction() as conn:
+        conn.execute("UPDATE runs SET status = 'running' WHERE id = %s", (running,))
+        for run_id in (ended, running):
+            repo.create_stage(conn, repo.run_stage(run_id))
+    assert _stages(ended, running) == sorted([ended, running])
+    driver.engine.reap()
+    assert _stages(ended, running) == [running]
+    with transaction() as conn:
+        repo.drop_stage(conn, repo.run_stage(running))
+        conn.execute("UPDATE runs SET status = 'cancelled' WHERE id = %s", (running,))

@@ -247,13 +247,18 @@ def test_a_single_tenant_deployment_may_allow_privileged_sources(settings_env, d
 # -- the sources' own guards --------------------------------------------------------------------
 
 
-def test_a_postgres_query_is_interrupted_from_another_thread(warehouse: Warehouse) -> None:
+@pytest.mark.parametrize("kind", ["stream", "stream_key_hash_copy"])
+def test_a_postgres_query_is_interrupted_from_another_thread(warehouse: Warehouse, kind: str) -> None:
     source = PostgresSource({"url": warehouse.url})
     errors: list[Exception] = []
+    query = "SELECT 1 AS id, pg_sleep(3000) AS n"
 
     def read() -> None:
         try:
-            list(source.stream("SELECT pg_sleep(3000)"))
+            if kind == "stream":
+                list(source.stream(query))
+            else:
+                list(source.stream_key_hash_copy(query, "id", ["n"]))
         except ConnectorError as exc:
             errors.append(exc)
 

@@ -83,6 +83,24 @@ def test_postgres_statement_timeout_cancels_a_slow_query(warehouse: Warehouse) -
     assert failure.value.code == "TIMEOUT"
 
 
+def test_postgres_key_hash_copy_is_bounded_by_the_statement_timeout(warehouse: Warehouse) -> None:
+    source = PostgresSource({"url": warehouse.url}, statement_timeout_s=0.2)
+    with pytest.raises(ConnectorError) as failure:
+        list(source.stream_key_hash_copy("SELECT 1 AS id, pg_sleep(5) AS n", "id", ["n"]))
+    assert failure.value.code == "TIMEOUT"
+
+
+def test_postgres_key_hash_copy_failing_midway_says_why(warehouse: Warehouse) -> None:
+    source = PostgresSource({"url": warehouse.url})
+    query = "SELECT i AS id, 1 / (20000 - i) AS n FROM generate_series(1, 30000) AS i"
+    blocks = []
+    with pytest.raises(ConnectorError) as failure:
+        for block in source.stream_key_hash_copy(query, "id", ["n"], 1000):
+            blocks.append(block)
+    assert "division by zero" in failure.value.message
+    assert sum(block.count(b"\n") for block in blocks) < 20000
+
+
 def test_postgres_bad_credentials_or_host_is_a_connector_error() -> None:
     source = PostgresSource({"url": "postgresql://nobody@127.0.0.1:1/none"})
     with pytest.raises(ConnectorError):
@@ -300,7 +318,7 @@ def test_postgres_source_reads_with_its_own_read_only_transaction(warehouse: War
         assert conn.execute("SHOW transaction_read_only").fetchone()[0] == "off"
 
 
-@pytest.mark.parametrize("read", ["columns", "stream", "stream_key_hashes", "stream_key_hash_lines"])
+@pytest.mark.parametrize("read", ["columns", "stream", "stream_key_hashes", "stream_key_hash_copy"])
 def test_postgres_query_cannot_smuggle_a_second_statement(warehouse: Warehouse, read: str) -> None:
     warehouse.execute("CREATE TABLE warehouse.accounts (id int)")
     smuggled = "SELECT 1 AS id) AS q LIMIT 0; COMMIT; DROP TABLE warehouse.accounts; SELECT * FROM (SELECT 1 AS id"
@@ -309,7 +327,7 @@ def test_postgres_query_cannot_smuggle_a_second_statement(warehouse: Warehouse, 
         "columns": lambda: source.columns(smuggled),
         "stream": lambda: _all(source.stream(smuggled)),
         "stream_key_hashes": lambda: _all(source.stream_key_hashes(smuggled, "id", ["id"])),
-        "stream_key_hash_lines": lambda: _all(source.stream_key_hash_lines(smuggled, "id", ["id"])),
+        "stream_key_hash_copy": lambda: _all(source.stream_key_hash_copy(smuggled, "id", ["id"])),
     }
     with pytest.raises(ConnectorError):
         calls[read]()
@@ -323,10 +341,13 @@ def test_a_malformed_postgres_url_never_echoes_the_password() -> None:
     assert "pass word" not in str(failure.value)
 
 
-def test_closing_a_postgres_source_ends_a_stream_stopped_early(warehouse: Warehouse) -> None:
+@pytest.mark.parametrize("read", ["stream", "stream_key_hash_copy"])
+def test_closing_a_postgres_source_ends_a_stream_stopped_early(warehouse: Warehouse, read: str) -> None:
     warehouse.insert(50)
     source = PostgresSource({"url": warehouse.url})
-    stream = source.stream("SELECT * FROM warehouse.people", chunk_size=10)
+    query = "SELECT * FROM warehouse.people"
+    stream = (source.stream(query, chunk_size=10) if read == "stream"
+              else source.stream_key_hash_copy(query, "id", ["name"], 10))
     next(stream)  # a reader that stops here, as a run that failed mid-read does
     source.close()
     with psycopg.connect(warehouse.url) as conn:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import class_row
 
 from shared.repositories.engine.batches import Progress
@@ -27,44 +28,71 @@ def reset_staging(conn: psycopg.Connection, run_id: str) -> None:
     )
 
 
-def create_stage(conn: psycopg.Connection) -> None:
-    """A session-private table for (key, hash) of every row the source returned. Its rows lie
-    in the order they arrived (a new table is filled from its start), so a row's `ctid` is its
+# A preview's stage: session-private, gone with the preview's rolled-back transaction.
+PREVIEW_STAGE = sql.Identifier("retl_stage")
+
+
+def run_stage(run_id: str) -> sql.Identifier:
+    """A run's stage: an unlogged table of its own (schema retl_staging), which a second
+    session can search for repeated keys while the planner's diffs it (`stage_has_rejects`)."""
+    return sql.Identifier("retl_staging", run_id)
+
+
+def create_stage(conn: psycopg.Connection, stage: sql.Identifier) -> None:
+    """A table for (key, hash) of every row the source returned: `PREVIEW_STAGE` as a temporary
+    table, a `run_stage` as an unlogged one (an earlier attempt's is dropped). Its rows lie in
+    the order they arrived (a new table is filled from its start), so a row's `ctid` is its
     position: numbering them cost the COPY half as much again."""
-    conn.execute("DROP TABLE IF EXISTS retl_stage")
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage))
+    kind = sql.SQL("TEMP" if stage is PREVIEW_STAGE else "UNLOGGED")
     conn.execute(
-        "CREATE TEMP TABLE retl_stage (record_key text, content_hash text)"
-        " ON COMMIT PRESERVE ROWS"
+        sql.SQL("CREATE {} TABLE {} (record_key text, content_hash text)").format(kind, stage)
+    )
+    # ANALYZE samples 3,000 rows instead of 30,000: the plans need the row count and that the
+    # keys are mostly distinct, which that many show (a sixth of the time at a million rows).
+    conn.execute(
+        sql.SQL(
+            "ALTER TABLE {} ALTER COLUMN record_key SET STATISTICS 10,"
+            " ALTER COLUMN content_hash SET STATISTICS 10"
+        ).format(stage)
     )
 
 
+def drop_stage(conn: psycopg.Connection, stage: sql.Identifier) -> None:
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage))
+
+
 def copy_into_stage(
-    conn: psycopg.Connection, chunks: Iterable[list[tuple[str | None, str]]] | Iterable[list[str]],
-    on_chunk=None, *, lines: bool = False,
+    conn: psycopg.Connection, stage: sql.Identifier,
+    chunks: Iterable[list[tuple[str | None, str]]] | Iterable[bytes], on_chunk=None, *,
+    copy_text: bool = False,
 ) -> int:
     """COPY the (key, hash) chunks into the stage in arrival order; the number of rows.
-    `lines`: the chunks hold rows already as lines of COPY text (`stream_key_hash_lines`),
-    written as they are."""
+    `copy_text`: the chunks are blocks of COPY text already (`stream_key_hash_copy`), written
+    as they are; a row is a line."""
     read = 0
     with conn.cursor() as cur:
-        with cur.copy("COPY retl_stage (record_key, content_hash) FROM STDIN") as copy:
+        statement = sql.SQL("COPY {} (record_key, content_hash) FROM STDIN").format(stage)
+        with cur.copy(statement) as copy:
             for chunk in chunks:
-                if lines:
-                    if chunk:
-                        copy.write("\n".join(chunk) + "\n")
+                if copy_text:
+                    copy.write(chunk)
+                    read += chunk.count(b"\n")
                 else:
                     for row in chunk:
                         copy.write_row(row)
-                read += len(chunk)
+                    read += len(chunk)
                 if on_chunk is not None:
                     on_chunk(read)
     return read
 
 
-def restrict_stage_to_keys(conn: psycopg.Connection, keys: list[str]) -> None:
+def restrict_stage_to_keys(conn: psycopg.Connection, stage: sql.Identifier, keys: list[str]) -> None:
     """A replay: keep only the rows of the records asked for."""
     conn.execute(
-        "DELETE FROM retl_stage WHERE record_key IS NULL OR NOT (record_key = ANY(%s::text[]))",
+        sql.SQL(
+            "DELETE FROM {} WHERE record_key IS NULL OR NOT (record_key = ANY(%s::text[]))"
+        ).format(stage),
         (keys,),
     )
 
@@ -77,6 +105,13 @@ def _sized_for_the_stage(conn: psycopg.Connection) -> None:
     conn.execute("SET LOCAL jit = off")
 
 
+def analyze_stage(conn: psycopg.Connection, stage: sql.Identifier) -> None:
+    """Statistics of the filled stage, which the search and the diff are planned by (without
+    them the planner may hash the larger side)."""
+    _sized_for_the_stage(conn)
+    conn.execute(sql.SQL("ANALYZE {}").format(stage))
+
+
 @dataclass
 class Rejected:
     record_key: str
@@ -84,22 +119,30 @@ class Rejected:
     rows: int
 
 
-def stage_rejects(
-    conn: psycopg.Connection, run_id: str, *, keys_unique: bool = False
-) -> list[Rejected]:
-    """Rows with a null key (one failure, key '') and every later occurrence of a duplicate key
-    become failures of the run; the rows that stay are the first occurrence of each key.
-    `keys_unique`: the source counted no null or repeated key, so none is looked for (a pass
-    over the whole stage)."""
+def stage_has_rejects(conn: psycopg.Connection, stage: sql.Identifier) -> bool:
+    """Whether the stage holds a null key or a key more than once (read only: another session
+    may diff the stage meanwhile)."""
     _sized_for_the_stage(conn)
-    conn.execute("ANALYZE retl_stage")
-    if keys_unique:
-        return []
+    row = conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {} GROUP BY record_key"
+            " HAVING count(*) > 1 OR record_key IS NULL)"
+        ).format(stage)
+    ).fetchone()
+    return bool(row[0])
+
+
+def stage_rejects(conn: psycopg.Connection, stage: sql.Identifier, run_id: str) -> list[Rejected]:
+    """Rows with a null key (one failure, key '') and every later occurrence of a duplicate key
+    become failures of the run; the rows that stay are the first occurrence of each key."""
+    _sized_for_the_stage(conn)
     # One pass over the stage finds both: the null keys are a group of their own.
     conn.execute(
-        "CREATE TEMP TABLE retl_dups ON COMMIT DROP AS"
-        " SELECT record_key, min(ctid) AS first_row, count(*) - 1 AS extra FROM retl_stage"
-        " GROUP BY record_key HAVING count(*) > 1 OR record_key IS NULL"
+        sql.SQL(
+            "CREATE TEMP TABLE retl_dups ON COMMIT DROP AS"
+            " SELECT record_key, min(ctid) AS first_row, count(*) - 1 AS extra FROM {}"
+            " GROUP BY record_key HAVING count(*) > 1 OR record_key IS NULL"
+        ).format(stage)
     )
     found = dict(conn.execute(
         "SELECT record_key IS NULL, sum(extra + 1) FROM retl_dups GROUP BY 1"
@@ -107,11 +150,13 @@ def stage_rejects(
     nulls = int(found.get(True) or 0)
     if found.get(False):
         conn.execute(
-            "DELETE FROM retl_stage s USING retl_dups d"
-            " WHERE s.record_key = d.record_key AND s.ctid <> d.first_row"
+            sql.SQL(
+                "DELETE FROM {} s USING retl_dups d"
+                " WHERE s.record_key = d.record_key AND s.ctid <> d.first_row"
+            ).format(stage)
         )
     if nulls:
-        conn.execute("DELETE FROM retl_stage WHERE record_key IS NULL")
+        conn.execute(sql.SQL("DELETE FROM {} WHERE record_key IS NULL").format(stage))
     conn.execute(
         "INSERT INTO run_failures (run_id, record_key, key_value, error_code, message, rows)"
         " SELECT %s, record_key, record_key, 'DUPLICATE_KEY',"
@@ -143,15 +188,16 @@ class DiffCounts:
 
 
 def diff_into_ops(
-    conn: psycopg.Connection, *, run_id: str, sync_id: str, fingerprint: str, mode: str,
-    resend_all: bool, detect_removed: bool, salted: bool,
+    conn: psycopg.Connection, stage: sql.Identifier, *, run_id: str, sync_id: str,
+    fingerprint: str, mode: str, resend_all: bool, detect_removed: bool, salted: bool,
+    staged: int | None = None,
 ) -> DiffCounts:
     """Classify the staged rows against the snapshot and stage the operations the mode sends.
 
     The snapshot holds the content hash salted with the mapping fingerprint, so a changed
     mapping makes every record `changed`; `salted` says the source salted the staged hashes
     itself, otherwise it happens here. `resend_all` (full refresh, replay) sends unchanged
-    records too."""
+    records too. `staged`: the stage's row count when the caller knows it (else counted)."""
     operation = {"mirror": "upsert", "upsert": "upsert", "insert": "insert",
                  "update": "update", "delete": "delete"}[mode]
     _sized_for_the_stage(conn)
@@ -161,8 +207,10 @@ def diff_into_ops(
         f" WHEN p.content_hash = {content} THEN 'unchanged'"
         " ELSE 'changed' END"
     )
+    # The stage's name is a composed identifier; the rest stays text with %(name)s parameters.
+    table = stage.as_string(conn)
     joined = (
-        " FROM retl_stage s LEFT JOIN sync_snapshots p"
+        f" FROM {table} s LEFT JOIN sync_snapshots p"
         " ON p.sync_id = %(sync)s AND p.record_key = s.record_key"
     )
     params = {"fp": fingerprint, "sync": sync_id, "run": run_id, "op": operation}
@@ -197,7 +245,8 @@ def diff_into_ops(
             " count(*) FILTER (WHERE change = 'changed'), count(*) FROM sent",
             params,
         ).fetchone()
-        staged = conn.execute("SELECT count(*) FROM retl_stage").fetchone()[0]
+        if staged is None:
+            staged = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         counts = DiffCounts(
             added=added, changed=changed, unchanged=staged - added - changed, outgoing=outgoing
         )
@@ -206,7 +255,7 @@ def diff_into_ops(
             "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
             " SELECT %s, p.record_key, 'delete', 'removed', NULL FROM sync_snapshots p"
             " WHERE p.sync_id = %s AND NOT EXISTS"
-            "  (SELECT 1 FROM retl_stage s WHERE s.record_key = p.record_key)",
+            f"  (SELECT 1 FROM {table} s WHERE s.record_key = p.record_key)",
             (run_id, sync_id),
         ).rowcount
         counts.outgoing += counts.deletes

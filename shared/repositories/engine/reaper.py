@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import class_row
 
 
@@ -88,3 +89,27 @@ def purge_finished_staging(conn: psycopg.Connection, older_than_s: float) -> int
         for table in ("run_ops", "run_batches", "run_failures", "held_batches", "run_progress"):
             conn.execute(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (finished,))
     return len(finished)
+
+
+def drop_abandoned_stages(conn: psycopg.Connection) -> int:
+    """Drop the stages (`planning.run_stage`) of runs no longer running: a planner that died
+    left them behind. A stage still locked by a session is left for a later sweep."""
+    names = [
+        row[0] for row in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'retl_staging' AND c.relkind = 'r' AND NOT EXISTS"
+            "  (SELECT 1 FROM runs r WHERE r.id = c.relname AND r.status = 'running')"
+            " ORDER BY 1 LIMIT 100"
+        )
+    ]
+    dropped = 0
+    for name in names:
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL lock_timeout = '100ms'")
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    sql.Identifier("retl_staging", name)))
+            dropped += 1
+        except psycopg.errors.LockNotAvailable:
+            continue
+    return dropped
