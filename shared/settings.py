@@ -42,6 +42,9 @@ class Settings:
     metrics_token: str | None = None
     # The bytes of sync-read answers an API process keeps (api/answers.py); 0 keeps none.
     api_answer_cache_bytes: int = 32 * 1024 * 1024
+    # The memory each of a planner's two sessions may give the hash tables of its search and
+    # its diff (Postgres's work_mem for those sessions).
+    plan_work_mem_mb: int = 1024
 
     @property
     def control_queue(self) -> str:
@@ -99,4 +102,5 @@ def get_settings() -> Settings:
         database_wait_s=_float("RETL_DATABASE_WAIT_SECONDS", 10),
         metrics_token=os.environ.get("RETL_METRICS_TOKEN") or None,
         api_answer_cache_bytes=int(_float("RETL_API_ANSWER_CACHE_MB", 32) * 1024 * 1024),
+        plan_work_mem_mb=max(4, int(_float("RETL_PLAN_WORK_MEM_MB", 1024))),
     )

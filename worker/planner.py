@@ -429,6 +429,7 @@ def _diff(
     stage = repo.run_stage(lease.run_id)
     with db.connect() as pg:
         try:
+            repo.size_for_staging(pg, get_settings().plan_work_mem_mb)
             repo.create_stage(pg, stage)
             salted = _salted(source)
             # Rows made COPY text by the source are staged without a Python call each.
@@ -491,6 +492,7 @@ def _rejects_beside_diff(
     def search() -> None:
         try:
             with db.connect() as conn:
+                repo.size_for_staging(conn, get_settings().plan_work_mem_mb)
                 found.append(repo.stage_has_rejects(conn, stage))
         except BaseException as exc:  # raised in the planner's thread below
             failed.append(exc)

@@ -141,6 +141,7 @@ def _plan(
     pg.execute("SELECT set_config('statement_timeout', %s, true)",
                (str(int(budget.seconds * 1000)),))
     stage = repo.PREVIEW_STAGE
+    repo.size_for_staging(pg, get_settings().plan_work_mem_mb)
     repo.create_stage(pg, stage)
     salted = planner._salted(source)
     salt = {"salt": plan.fingerprint, **planner._hash_options(context, source)} if salted else {}

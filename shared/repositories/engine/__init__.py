@@ -89,6 +89,7 @@ from shared.repositories.engine.planning import (  # noqa: F401
     set_plan_counts,
     set_removed,
     set_rows_read,
+    size_for_staging,
     snapshot_holds_md5,
     snapshot_is_empty,
     snapshot_key_kind,

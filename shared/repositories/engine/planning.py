@@ -97,18 +97,20 @@ def restrict_stage_to_keys(conn: psycopg.Connection, stage: sql.Identifier, keys
     )
 
 
-def _sized_for_the_stage(conn: psycopg.Connection) -> None:
-    """For the rest of the transaction: aggregates and hash joins over the whole stage keep
-    their tables in memory (a stage of a million keys spills past the default 4 MB), and no
-    JIT compiling, which costs more than it saves on these few simple statements."""
-    conn.execute("SET LOCAL work_mem = '256MB'")
-    conn.execute("SET LOCAL jit = off")
+def size_for_staging(conn: psycopg.Connection, work_mem_mb: int) -> None:
+    """For the rest of this dedicated session: the hash tables of the search and the diff over
+    the stage keep to memory up to `work_mem_mb` each (ten million keys need about 1 GB; with
+    less they spill to disk and take half as long again), and no JIT compiling, which costs
+    more than it saves on these few simple statements. Postgres takes only what a plan uses."""
+    conn.execute(
+        "SELECT set_config('work_mem', %s, false), set_config('jit', 'off', false)",
+        (f"{work_mem_mb}MB",),
+    )
 
 
 def analyze_stage(conn: psycopg.Connection, stage: sql.Identifier) -> None:
     """Statistics of the filled stage, which the search and the diff are planned by (without
     them the planner may hash the larger side)."""
-    _sized_for_the_stage(conn)
     conn.execute(sql.SQL("ANALYZE {}").format(stage))
 
 
@@ -122,7 +124,6 @@ class Rejected:
 def stage_has_rejects(conn: psycopg.Connection, stage: sql.Identifier) -> bool:
     """Whether the stage holds a null key or a key more than once (read only: another session
     may diff the stage meanwhile)."""
-    _sized_for_the_stage(conn)
     row = conn.execute(
         sql.SQL(
             "SELECT EXISTS (SELECT 1 FROM {} GROUP BY record_key"
@@ -135,7 +136,6 @@ def stage_has_rejects(conn: psycopg.Connection, stage: sql.Identifier) -> bool:
 def stage_rejects(conn: psycopg.Connection, stage: sql.Identifier, run_id: str) -> list[Rejected]:
     """Rows with a null key (one failure, key '') and every later occurrence of a duplicate key
     become failures of the run; the rows that stay are the first occurrence of each key."""
-    _sized_for_the_stage(conn)
     # One pass over the stage finds both: the null keys are a group of their own.
     conn.execute(
         sql.SQL(
@@ -200,7 +200,6 @@ def diff_into_ops(
     records too. `staged`: the stage's row count when the caller knows it (else counted)."""
     operation = {"mirror": "upsert", "upsert": "upsert", "insert": "insert",
                  "update": "update", "delete": "delete"}[mode]
-    _sized_for_the_stage(conn)
     content = "s.content_hash" if salted else "md5(s.content_hash || %(fp)s)"
     change = (
         "CASE WHEN p.record_key IS NULL THEN 'added'"
