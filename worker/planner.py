@@ -555,9 +555,9 @@ def plan_numbers(mode: str, counts: repo.DiffCounts, held: int) -> guards.PlanNu
 
 def _keys_unique(source: Source, query: str, key_column: str | None) -> bool:
     """Whether the source, asked before its rows are read, counts no null or repeated key."""
-    if key_column is None or not getattr(type(source), "counts_repeated_keys", False):
+    if key_column is None or not getattr(type(source), "proves_unique_keys", False):
         return False
-    return source.repeated_keys(query, key_column) == 0
+    return source.keys_unique(query, key_column)
 
 
 def _pack_changed_rows(

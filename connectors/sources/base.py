@@ -102,9 +102,10 @@ class Source(ABC):
       blocks of Postgres COPY text (bytes; each row a line: the key escaped, a null key as `\\N`,
       a tab, the hash), made by the source: the engine stages each block with one write,
       without a Python call per row.
-    - `repeated_keys` (`counts_repeated_keys` True): how many rows of the result have a null key
-      or repeat an earlier row's key, counted in the source where that is cheap (a columnar
-      engine). Zero spares the engine its own search for them among the staged keys.
+    - `keys_unique` (`proves_unique_keys` True): whether the result certainly holds no null and
+      no repeated key, found before its rows are read where that is cheap (a columnar engine
+      counts them; a database's catalog can prove it). True spares the engine its own search
+      among the staged keys; False only means it searches.
     """
 
     type: ClassVar[str]
@@ -114,7 +115,7 @@ class Source(ABC):
     fast_hashes: ClassVar[bool] = False
     streams_rows_with_hashes: ClassVar[bool] = False
     reads_json_forms: ClassVar[bool] = False
-    counts_repeated_keys: ClassVar[bool] = False
+    proves_unique_keys: ClassVar[bool] = False
     streams_key_hash_copy: ClassVar[bool] = False
 
     def __init__(

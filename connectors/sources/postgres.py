@@ -168,6 +168,32 @@ _VALUE_HASHED_TYPES = frozenset(
 _KEY_TYPES = {20: "int8", 21: "int2", 23: "int4", 25: "text", 1043: "varchar", 2950: "uuid"}
 
 
+# Plan nodes that pass on each row of their one input at most once.
+_PASS_THROUGH = frozenset(
+    {"Result", "Limit", "Sort", "Incremental Sort", "Gather", "Gather Merge", "Materialize"}
+)
+# Plan nodes that read each row of one table at most once.
+_TABLE_SCANS = frozenset(
+    {"Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Tid Scan", "Tid Range Scan"}
+)
+
+
+def _only_table_scanned(node: dict[str, Any]) -> tuple[str, str] | None:
+    """(schema, table) when an `EXPLAIN (FORMAT JSON, VERBOSE)` plan is one scan of one table
+    under nodes that pass its rows on at most once each, so the result holds each of the
+    table's rows at most once; None for any other plan (joins, unions, set-returning
+    functions, partitions, DISTINCT, ...)."""
+    while node["Node Type"] in _PASS_THROUGH:
+        # InitPlans and SubPlans (a scalar subquery) are children too; they add no rows.
+        inputs = [n for n in node.get("Plans", []) if n.get("Parent Relationship") == "Outer"]
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    if node["Node Type"] not in _TABLE_SCANS or "Relation Name" not in node:
+        return None
+    return node.get("Schema", ""), node["Relation Name"]
+
+
 def _seed(salt: str) -> int:
     """The salt as the 64-bit seed of Postgres's extended hash functions."""
     return int.from_bytes(hashlib.md5(salt.encode()).digest()[:8], "big", signed=True)
@@ -184,6 +210,8 @@ class PostgresSource(Source):
     # md5 over the row's text, about a third of the source's work.
     fast_hashes: ClassVar[bool] = True
     streams_key_hash_copy: ClassVar[bool] = True
+    # keys_unique: proved from the catalog, when the query reads one table by its unique key.
+    proves_unique_keys: ClassVar[bool] = True
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "url", required=True, secret=True,
@@ -311,6 +339,58 @@ class PostgresSource(Source):
                     raise (watch.error() or _failure(query, exc)) from None
         finally:
             _end(conn)
+
+    def keys_unique(self, query: str, key_column: str) -> bool:
+        """Whether the catalog proves that no row of the result has a null key or repeats
+        another's: the key column is a column of the only table the query's plan scans, each
+        of whose rows the plan passes on at most once, and that column is NOT NULL with a
+        unique index of its own (a primary key, say). Its type is one whose text tells values
+        apart (integers, text, uuid). Planned, never run."""
+        conn = self._connect()
+        try:
+            with self.watch(conn.cancel_safe) as watch:
+                try:
+                    return self._catalog_proves_unique(conn, query, key_column)
+                except psycopg.Error as exc:
+                    raise (watch.error() or _failure(query, exc)) from None
+        finally:
+            _end(conn)
+
+    def _catalog_proves_unique(
+        self, conn: psycopg.Connection, query: str, key_column: str
+    ) -> bool:
+        described = conn.execute(
+            sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)), (), prepare=True
+        )
+        names = [column.name for column in described.description or []]
+        if names.count(key_column) != 1:
+            return False
+        position = names.index(key_column)
+        result = described.pgresult
+        if result is None or described.description[position].type_code not in _KEY_TYPES:
+            return False
+        # The table and column the key is a plain reference to (0: an expression).
+        table, column = result.ftable(position), result.ftablecol(position)
+        if not table or not column:
+            return False
+        plan = conn.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT * FROM {}").format(
+                self._wrapped(query)
+            ), (), prepare=True,
+        ).fetchone()[0]
+        scanned = _only_table_scanned(plan[0]["Plan"])
+        if scanned is None:
+            return False
+        proved = conn.execute(
+            "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) = %s::oid AND EXISTS ("
+            " SELECT 1 FROM pg_index i JOIN pg_attribute a"
+            "  ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " WHERE i.indrelid = %s::oid AND i.indisunique AND i.indisvalid"
+            "  AND i.indnkeyatts = 1 AND i.indkey[0] = %s AND i.indpred IS NULL"
+            "  AND i.indexprs IS NULL AND a.attnotnull)",
+            (scanned[0], scanned[1], table, table, column),
+        ).fetchone()
+        return bool(proved[0])
 
     def stream(self, query: str, chunk_size: int = 10_000) -> Iterator[list[tuple]]:
         statement = sql.SQL("SELECT * FROM {}").format(self._wrapped(query))

@@ -292,3 +292,27 @@ def test_the_reaper_drops_the_stages_that_dead_planners_left(driver: EngineDrive
     with transaction() as conn:
         repo.drop_stage(conn, repo.run_stage(running))
         conn.execute("UPDATE runs SET status = 'cancelled' WHERE id = %s", (running,))
+
+
+def test_a_postgres_source_read_by_its_primary_key_is_not_searched_for_repeated_keys(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import planner
+
+    warehouse.execute("ALTER TABLE warehouse.people ADD PRIMARY KEY (id)")
+    warehouse.insert(30)
+    setup = people_sync()
+    driver.run(setup)
+    warehouse.execute("UPDATE warehouse.people SET name = 'Changed' WHERE id IN (4, 22)")
+    sink.received.clear()
+    searched: list[str] = []
+    original = planner.repo.stage_has_rejects
+    monkeypatch.setattr(planner.repo, "stage_has_rejects",
+                        lambda conn, stage: searched.append(str(stage)) or original(conn, stage))
+    run = driver.run(setup)
+    assert run.status == "succeeded", run.error
+    assert searched == []
+    assert _sent(sink) == Counter({"4": 1, "22": 1})
+    assert (run.rows_read, run.rows_changed, run.rows_unchanged, run.rows_failed) == (30, 2, 28, 0)
+    warehouse.execute("ALTER TABLE warehouse.people DROP CONSTRAINT people_pkey")
+    warehouse.execute("UPDATE warehouse.people SET name = 'Again' WHERE id = 5")
+    assert driver.run(setup).rows_changed == 1
+    assert len(searched) == 1  # without the key's index the staged keys are searched again

@@ -101,6 +101,40 @@ def test_postgres_key_hash_copy_failing_midway_says_why(warehouse: Warehouse) ->
     assert sum(block.count(b"\n") for block in blocks) < 20000
 
 
+@pytest.mark.parametrize(("query", "key", "unique"), [
+    ("SELECT id, email FROM warehouse.accounts", "id", True),
+    ("SELECT id AS k, email FROM warehouse.accounts WHERE n > 5 ORDER BY email LIMIT 10", "k", True),
+    ("SELECT id, (SELECT max(n) FROM warehouse.accounts) AS m FROM warehouse.accounts", "id", True),
+    ("SELECT code FROM warehouse.accounts", "code", True),  # NOT NULL UNIQUE
+    ("SELECT email FROM warehouse.accounts", "email", False),  # unique, but may be null
+    ("SELECT n FROM warehouse.accounts", "n", False),  # no unique index
+    ("SELECT id + 0 AS id FROM warehouse.accounts", "id", False),  # an expression
+    ("SELECT a.id FROM warehouse.accounts a, warehouse.accounts b", "id", False),
+    ("SELECT id FROM warehouse.accounts UNION ALL SELECT id FROM warehouse.accounts", "id", False),
+    ("SELECT id, generate_series(1, 2) AS g FROM warehouse.accounts", "id", False),
+    ("SELECT id FROM warehouse.parted", "id", False),  # a partitioned table
+    ("SELECT id FROM warehouse.parent", "id", False),  # a table with a child table
+    ("SELECT 1 AS id", "id", False),
+])
+def test_postgres_proves_unique_keys_from_the_catalog_only_when_they_must_be(warehouse: Warehouse, query: str, key: str, unique: bool) -> None:
+    warehouse.execute(
+        "CREATE TABLE warehouse.accounts (id int PRIMARY KEY, email text UNIQUE,"
+        " code text NOT NULL UNIQUE, n int)"
+    )
+    warehouse.execute("INSERT INTO warehouse.accounts SELECT i, 'e' || i, 'c' || i, i"
+                      " FROM generate_series(1, 20) AS i")
+    warehouse.execute("CREATE TABLE warehouse.parted (id int, y int, PRIMARY KEY (id, y))"
+                      " PARTITION BY RANGE (y)")
+    warehouse.execute("CREATE TABLE warehouse.parted_1 PARTITION OF warehouse.parted"
+                      " FOR VALUES FROM (0) TO (10)")
+    warehouse.execute("CREATE TABLE warehouse.parent (id int PRIMARY KEY)")
+    warehouse.execute("CREATE TABLE warehouse.child () INHERITS (warehouse.parent)")
+    warehouse.execute("INSERT INTO warehouse.parent VALUES (1)")
+    warehouse.execute("INSERT INTO warehouse.child VALUES (1)")  # the same key, twice in all
+    warehouse.execute("GRANT SELECT ON ALL TABLES IN SCHEMA warehouse TO PUBLIC")
+    assert PostgresSource({"url": warehouse.url}).keys_unique(query, key) is unique
+
+
 def test_postgres_bad_credentials_or_host_is_a_connector_error() -> None:
     source = PostgresSource({"url": "postgresql://nobody@127.0.0.1:1/none"})
     with pytest.raises(ConnectorError):
