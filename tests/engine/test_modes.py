@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
 from shared.services import dlq as dlq_service
 from tests.engine.conftest import EngineDriver, Warehouse
 from tests.fakes.http_sink import FakeHttpSink
+
+
+@pytest.fixture(autouse=True, params=["searched", "keyed"])
+def searches(request: pytest.FixtureRequest, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every mode twice: the staged keys searched for repeats beside the diff ("searched"),
+    and a table whose primary key proves them unique, so no search runs ("keyed"). Yields
+    the runs whose staged keys were searched."""
+    from worker import planner
+
+    if request.param == "keyed":
+        warehouse.execute("ALTER TABLE warehouse.people ADD PRIMARY KEY (id)")
+    searched: list[str] = []
+    original = planner._rejects_beside_diff
+    monkeypatch.setattr(planner, "_rejects_beside_diff",
+                        lambda pg, stage, run_id, *a: searched.append(run_id) or original(pg, stage, run_id, *a))
+    yield searched
+    if request.param == "keyed":
+        assert searched == []
+
+
+def _constraints(warehouse: Warehouse) -> list[str]:
+    rows = warehouse.conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'warehouse.people'::regclass"
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 def _operations(sink: FakeHttpSink) -> dict[str, list[str]]:
@@ -61,7 +90,7 @@ def test_delete_removes_the_result_records_once(driver: EngineDriver, people_syn
     assert run.rows_unchanged == 3
 
 
-def test_mirror_upserts_and_deletes_what_left_the_result(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:
+def test_mirror_upserts_and_deletes_what_left_the_result(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, searches: list[str]) -> None:
     warehouse.insert(6)
     setup = people_sync(mode="mirror")
     driver.run(setup)
@@ -72,6 +101,7 @@ def test_mirror_upserts_and_deletes_what_left_the_result(driver: EngineDriver, p
     assert run.status == "succeeded"
     assert _operations(sink) == {"upsert": ["3"], "delete": ["2", "5"]}
     assert (run.rows_removed, run.rows_changed, run.rows_unchanged) == (2, 1, 3)
+    assert len(searches) == (0 if "people_pkey" in _constraints(warehouse) else 1)
     assert sorted(sink.store, key=int) == ["1", "3", "4", "6"]
     # The removals are settled: the next run sends nothing.
     sink.received.clear()
