@@ -109,8 +109,9 @@ def _copy_out(
         else:
             raise psycopg.OperationalError(pgconn.get_error_message())
     ended = _next_result(pgconn)
-    while _next_result(pgconn) is not None:
-        pass
+    after = _next_result(pgconn)  # libpq's results of a statement end with None
+    while after is not None:
+        after = _next_result(pgconn)
     if ended is None or ended.status != pq.ExecStatus.COMMAND_OK:
         raise psycopg.errors.error_from_result(ended) if ended else psycopg.OperationalError(
             "the source ended the COPY without a result")
