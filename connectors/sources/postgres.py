@@ -325,15 +325,7 @@ class PostgresSource(Source):
         try:
             with self.watch(conn.cancel_safe) as watch:
                 try:
-                    # LIMIT 0 makes the executor stop before reading a row.
-                    # prepare=True sends one statement by the extended protocol: a query
-                    # smuggling in "; COMMIT; DROP …" is refused instead of leaving the
-                    # read-only transaction.
-                    cur = conn.execute(
-                        sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)), (),
-                        prepare=True,
-                    )
-                    described = cur.description or []
+                    described = self._described(conn, query).description or []
                     self._column_types[query] = {c.name: c.type_code for c in described}
                     return [column.name for column in described]
                 except psycopg.Error as exc:
@@ -360,9 +352,7 @@ class PostgresSource(Source):
     def _catalog_proves_unique(
         self, conn: psycopg.Connection, query: str, key_column: str
     ) -> bool:
-        described = conn.execute(
-            sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)), (), prepare=True
-        )
+        described = self._described(conn, query)
         names = [column.name for column in described.description or []]
         if names.count(key_column) != 1:
             return False
@@ -392,6 +382,14 @@ class PostgresSource(Source):
             (scanned[0], scanned[1], table, table, column),
         ).fetchone()
         return bool(proved[0])
+
+    def _described(self, conn: psycopg.Connection, query: str) -> psycopg.Cursor:
+        """The query's columns, described without reading a row (LIMIT 0 stops the executor
+        first). prepare=True sends one statement by the extended protocol: a query smuggling
+        in "; COMMIT; DROP …" is refused instead of leaving the read-only transaction."""
+        return conn.execute(
+            sql.SQL("SELECT * FROM {} LIMIT 0").format(self._wrapped(query)), (), prepare=True
+        )
 
     def stream(self, query: str, chunk_size: int = 10_000) -> Iterator[list[tuple]]:
         statement = sql.SQL("SELECT * FROM {}").format(self._wrapped(query))
