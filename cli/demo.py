@@ -355,7 +355,8 @@ UPDATE contacts
 SET title = CASE WHEN title LIKE 'Senior %' THEN substr(title, 8) ELSE 'Senior ' || title END,
     updated_at = current_timestamp
 WHERE contact_id IN (
-  SELECT contact_id FROM contacts WHERE email LIKE '%@example.com' ORDER BY random() LIMIT {changed}
+  SELECT contact_id FROM contacts WHERE contact_id NOT IN ({refused})
+  ORDER BY random() LIMIT {changed}
 );
 INSERT INTO contacts
 SELECT 'con_' || lpad((n + i)::VARCHAR, 6, '0'), 'acc_' || lpad((1 + i)::VARCHAR, 5, '0'),
@@ -379,7 +380,10 @@ def change(home: Path, contacts: int = 40, new_contacts: int = 10, accounts: int
         )
     with _open_for_writing(path) as conn:
         conn.execute("BEGIN")
-        conn.execute(_CHANGE_SQL.format(changed=int(contacts), added=int(new_contacts)))
+        # The contacts the CRM refuses stay as they are, so that a run after a change writes
+        # exactly the changed and new ones and tries the refused ones again, as it says.
+        refused = ", ".join(f"'{contact_id}'" for contact_id in sorted(INVALID_EMAILS))
+        conn.execute(_CHANGE_SQL.format(changed=int(contacts), added=int(new_contacts), refused=refused))
         conn.execute(
             "DELETE FROM accounts WHERE account_id IN"
             " (SELECT account_id FROM accounts ORDER BY random() LIMIT ?)",
