@@ -100,10 +100,15 @@ def restrict_stage_to_keys(conn: psycopg.Connection, stage: sql.Identifier, keys
 def size_for_staging(conn: psycopg.Connection, work_mem_mb: int) -> None:
     """For the rest of this dedicated session: the hash tables of the search and the diff over
     the stage keep to memory up to `work_mem_mb` each (ten million keys need about 1 GB; with
-    less they spill to disk and take half as long again), and no JIT compiling, which costs
-    more than it saves on these few simple statements. Postgres takes only what a plan uses."""
+    less they spill to disk and take half as long again), no JIT compiling, which costs more
+    than it saves on these few simple statements, and parallel plans whenever Postgres can
+    make them: the diff keeps few of the rows it joins, which the planner cannot know, so the
+    default cost per row gathered keeps it in one process. Postgres takes only what a plan
+    uses."""
     conn.execute(
-        "SELECT set_config('work_mem', %s, false), set_config('jit', 'off', false)",
+        "SELECT set_config('work_mem', %s, false), set_config('jit', 'off', false),"
+        " set_config('parallel_setup_cost', '0', false),"
+        " set_config('parallel_tuple_cost', '0', false)",
         (f"{work_mem_mb}MB",),
     )
 
@@ -219,11 +224,25 @@ def diff_into_ops(
         sends = "p.record_key IS NULL"
     else:
         sends = f"p.content_hash IS DISTINCT FROM {content}"
-    staged_ops = (
-        "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
-        f" SELECT %(run)s, s.record_key, %(op)s, {change}, {content}"
-        f"{joined} WHERE {sends}"
+    # The classifying join is made by CREATE TABLE AS, which Postgres runs in parallel (an
+    # INSERT … SELECT it runs in one process): half the time on two cores. What goes out is
+    # then copied into run_ops, usually a small part of the stage.
+    conn.execute("DROP TABLE IF EXISTS retl_outgoing")
+    conn.execute(
+        "CREATE TEMP TABLE retl_outgoing ON COMMIT DROP AS"
+        f" SELECT s.record_key, {change} AS change, {content} AS content_hash"
+        f"{joined} WHERE {sends}",
+        params,
     )
+    conn.execute(
+        "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
+        " SELECT %(run)s, record_key, %(op)s, change, content_hash FROM retl_outgoing",
+        params,
+    )
+    added, changed, outgoing = conn.execute(
+        "SELECT count(*) FILTER (WHERE change = 'added'),"
+        " count(*) FILTER (WHERE change = 'changed'), count(*) FROM retl_outgoing"
+    ).fetchone()
     if mode == "insert" and not resend_all:
         # Only the added go out, so the changed and the unchanged are told apart by a pass
         # of their own.
@@ -233,29 +252,29 @@ def diff_into_ops(
             f" count(*){joined}",
             params,
         ).fetchone()
-        counts = DiffCounts(added=added, unchanged=unchanged, changed=total - added - unchanged)
-        counts.outgoing = conn.execute(staged_ops, params).rowcount
+        counts = DiffCounts(added=added, unchanged=unchanged, changed=total - added - unchanged,
+                            outgoing=outgoing)
     else:
-        # One join: every record that is not unchanged goes out, so the classes are counted
-        # from what was staged and the unchanged are the rest of the stage.
-        added, changed, outgoing = conn.execute(
-            f"WITH sent AS ({staged_ops} RETURNING change)"
-            " SELECT count(*) FILTER (WHERE change = 'added'),"
-            " count(*) FILTER (WHERE change = 'changed'), count(*) FROM sent",
-            params,
-        ).fetchone()
+        # Every record that is not unchanged goes out, so the classes are counted from what
+        # went out and the unchanged are the rest of the stage.
         if staged is None:
             staged = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         counts = DiffCounts(
             added=added, changed=changed, unchanged=staged - added - changed, outgoing=outgoing
         )
     if detect_removed:
+        # In parallel too (see above), then copied.
+        conn.execute("DROP TABLE IF EXISTS retl_removed")
+        conn.execute(
+            "CREATE TEMP TABLE retl_removed ON COMMIT DROP AS"
+            " SELECT p.record_key FROM sync_snapshots p WHERE p.sync_id = %s AND NOT EXISTS"
+            f"  (SELECT 1 FROM {table} s WHERE s.record_key = p.record_key)",
+            (sync_id,),
+        )
         counts.removed = counts.deletes = conn.execute(
             "INSERT INTO run_ops (run_id, record_key, operation, change, content_hash)"
-            " SELECT %s, p.record_key, 'delete', 'removed', NULL FROM sync_snapshots p"
-            " WHERE p.sync_id = %s AND NOT EXISTS"
-            f"  (SELECT 1 FROM {table} s WHERE s.record_key = p.record_key)",
-            (run_id, sync_id),
+            " SELECT %s, record_key, 'delete', 'removed', NULL FROM retl_removed",
+            (run_id,),
         ).rowcount
         counts.outgoing += counts.deletes
     elif mode == "delete":
