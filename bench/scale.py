@@ -216,7 +216,7 @@ def bench_duckdb_plan(rows: int, workspace_id: str, workdir: Path) -> list[Row]:
     with TimedSink() as sink:
         sync_id = sync_to(workspace_id, ("duckdb", {"path": path}), sink.url, "duck-plan",
                           {"batchSize": 1000, "rateLimitPerSecond": 100_000})
-        seed_snapshot(sync_id, False, DuckDbSource({"path": path}))
+        seed_snapshot(sync_id, True, DuckDbSource({"path": path}))
         with duckdb.connect(path) as conn:
             changed = conn.execute(
                 "UPDATE people SET name = name || ' (changed)' WHERE id % 100 = 0"
