@@ -1,0 +1,152 @@
+"""A Postgres source whose keys the catalog proves unique is read in pages by key order, each
+page's (key, hash) lines made by Postgres: the same lines as COPY gives, every row once, in
+one snapshot; queries whose pages would need a sort are read by COPY."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from connectors.sources import postgres as postgres_source
+from connectors.sources.base import ConnectorError
+from connectors.sources.postgres import PostgresSource
+from tests.engine.conftest import Warehouse
+
+
+def _lines(blocks) -> list[str]:
+    return [line for block in blocks for line in block.decode().split("\n")[:-1]]
+
+
+@pytest.fixture
+def read_by(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """How each stream_key_hash_copy was read: 'pages' or 'copy'."""
+    used: list[str] = []
+    pages, copy_out = postgres_source._read_pages, postgres_source._copy_out
+    monkeypatch.setattr(postgres_source, "_read_pages",
+                        lambda *a: (used.append("pages"), (yield from pages(*a)))[1])
+    monkeypatch.setattr(postgres_source, "_copy_out",
+                        lambda *a: (used.append("copy"), (yield from copy_out(*a)))[1])
+    return used
+
+
+def _copy_lines(warehouse: Warehouse, query: str, key: str, columns: list[str], **options) -> list[str]:
+    """The lines COPY gives for the query (read as the source reads a table without an index)."""
+    source = PostgresSource({"url": warehouse.url})
+    text = f"SELECT * FROM ({query}) AS kept OFFSET 0"  # a subquery of its own: not paged
+    return _lines(source.stream_key_hash_copy(text, key, columns, **options))
+
+
+# Tables large enough that Postgres walks the key's index for a page rather than sorting the
+# table (which it prefers for a few dozen rows, read by COPY then).
+@pytest.mark.parametrize("key_type", ["int", "bigint", "text", "uuid"])
+@pytest.mark.parametrize("rows", [1001, 1200])  # 1200: the last page read comes back empty
+def test_pages_give_the_lines_copy_gives(warehouse: Warehouse, read_by: list[str], key_type: str, rows: int) -> None:
+    keys = {
+        "int": "i", "bigint": "i * 10000000000", "uuid": "md5(i::text)::uuid",
+        # Keys COPY text escapes: a tab, a newline, a carriage return, a backslash, \N.
+        "text": "(ARRAY[E'tab\\tkey', E'new\\nline', E'cr\\rkey', E'back\\\\slash', '\\N'])[1 + i % 5]"
+                " || i",
+    }[key_type]
+    warehouse.execute(f"CREATE TABLE warehouse.paged (id {key_type} PRIMARY KEY, n int, note text)")
+    warehouse.execute(f"INSERT INTO warehouse.paged SELECT {keys}, i, 'n' || i"
+                      f" FROM generate_series(1, {rows}) AS i")
+    warehouse.execute("ANALYZE warehouse.paged")
+    source = PostgresSource({"url": warehouse.url})
+    query = "SELECT id, n, note FROM warehouse.paged"
+    for options in ({"salt": "s"}, {"salt": "s", "fast": True}):
+        read_by.clear()
+        blocks = list(source.stream_key_hash_copy(query, "id", ["n", "note"], 400, **options))
+        assert read_by == ["pages"]
+        assert [block.count(b"\n") for block in blocks] == [400] * (rows // 400) + (
+            [rows % 400] if rows % 400 else [])
+        lines = _lines(blocks)
+        assert len(lines) == rows
+        assert sorted(lines) == sorted(_copy_lines(warehouse, query, "id", ["n", "note"], **options))
+        assert read_by[-1] == "copy"
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT id, n FROM warehouse.paged ORDER BY n LIMIT 5000",  # its pages would each sort
+    # Its own OFFSET keeps the key condition out of the walk: every page would read from the
+    # start, though the plan walks the index in order.
+    "SELECT id, n FROM warehouse.paged ORDER BY id OFFSET 0",
+    "SELECT id, (SELECT max(n) FROM warehouse.paged) AS n FROM warehouse.paged",
+    "SELECT n AS id, n FROM warehouse.paged",  # no unique index on the key
+])
+def test_results_whose_pages_would_cost_more_than_their_rows_are_read_by_copy(warehouse: Warehouse, read_by: list[str], query: str) -> None:
+    warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int)")
+    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i % 7 FROM generate_series(1, 2000) AS i")
+    warehouse.execute("ANALYZE warehouse.paged")
+    source = PostgresSource({"url": warehouse.url})
+    plain = _lines(source.stream_key_hash_copy("SELECT id, n FROM warehouse.paged", "id", ["n"], 400, salt="s"))
+    assert (read_by, len(plain)) == (["pages"], 2000)  # the table itself is read in pages
+    lines = _lines(source.stream_key_hash_copy(query, "id", ["n"], 400, salt="s"))
+    assert read_by == ["pages", "copy"]
+    assert len(lines) == 2000
+
+
+def test_pages_are_read_in_one_snapshot(warehouse: Warehouse, read_by: list[str]) -> None:
+    warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int)")
+    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(1, 2000) AS i")
+    warehouse.execute("ANALYZE warehouse.paged")
+    source = PostgresSource({"url": warehouse.url})
+    query = "SELECT id, n FROM warehouse.paged"
+    before = _copy_lines(warehouse, query, "id", ["n"], salt="s")
+    read_by.clear()
+    blocks = source.stream_key_hash_copy(query, "id", ["n"], 500, salt="s")
+    lines = _lines([next(blocks)])
+    # Between pages: a row read already moves past the pages still to come, a later row
+    # changes, and new rows arrive. The read still gives the rows as they were.
+    warehouse.execute("UPDATE warehouse.paged SET id = 5000 WHERE id = 2")
+    warehouse.execute("UPDATE warehouse.paged SET n = 0 WHERE id = 1700")
+    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(2001, 2100) AS i")
+    lines += _lines(blocks)
+    assert read_by == ["pages"]
+    assert sorted(lines) == sorted(before)
+
+
+def test_a_page_read_is_bounded_by_the_deadline_and_stops_when_closed(warehouse: Warehouse, read_by: list[str]) -> None:
+    warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int)")
+    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(1, 2000) AS i")
+    warehouse.execute("ANALYZE warehouse.paged")
+    # (pg_sleep in the WHERE: in the select list it would keep the query a subquery of its own.)
+    slow = ("SELECT id, n FROM warehouse.paged"
+            " WHERE pg_sleep(CASE WHEN id = 1000 THEN 5 ELSE 0 END) IS NOT NULL")
+    source = PostgresSource({"url": warehouse.url}, statement_timeout_s=0.5)
+    blocks = []
+    with pytest.raises(ConnectorError) as failure:
+        for block in source.stream_key_hash_copy(slow, "id", ["n"], 400, salt="s"):
+            blocks.append(block)
+    assert read_by == ["pages"]
+    assert failure.value.code == "TIMEOUT"
+    assert sum(block.count(b"\n") for block in blocks) == 800
+    # Closed after one page: the source's transaction ends with it.
+    source = PostgresSource({"url": warehouse.url})
+    stream = source.stream_key_hash_copy("SELECT id, n FROM warehouse.paged", "id", ["n"], 400, salt="s")
+    next(stream)
+    stream.close()
+    with psycopg.connect(warehouse.admin_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'retl-source'"
+            " AND state LIKE 'idle in transaction%%'"
+        ).fetchone()[0] == 0
+
+
+def test_an_interrupted_page_read_stops_at_once(warehouse: Warehouse, read_by: list[str]) -> None:
+    warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int)")
+    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(1, 2000) AS i")
+    warehouse.execute("ANALYZE warehouse.paged")
+    # (pg_sleep in the WHERE: in the select list it would keep the query a subquery of its own.)
+    slow = ("SELECT id, n FROM warehouse.paged"
+            " WHERE pg_sleep(CASE WHEN id = 1000 THEN 5 ELSE 0 END) IS NOT NULL")
+    source = PostgresSource({"url": warehouse.url})
+    timer = threading.Timer(0.5, source.interrupt)
+    timer.start()
+    try:
+        with pytest.raises(ConnectorError):
+            list(source.stream_key_hash_copy(slow, "id", ["n"], 400, salt="s"))
+    finally:
+        timer.cancel()
+    assert read_by == ["pages"]
