@@ -12,7 +12,8 @@ import pytest
 from connectors.sources import postgres as postgres_source
 from connectors.sources.base import ConnectorError
 from connectors.sources.postgres import PostgresSource
-from tests.engine.conftest import Warehouse
+from tests.engine.conftest import EngineDriver, Warehouse
+from tests.fakes.http_sink import FakeHttpSink
 
 
 def _lines(blocks) -> list[str]:
@@ -150,3 +151,25 @@ def test_an_interrupted_page_read_stops_at_once(warehouse: Warehouse, read_by: l
     finally:
         timer.cancel()
     assert read_by == ["pages"]
+
+
+@pytest.mark.parametrize("mode", ["upsert", "mirror"])
+def test_a_run_read_in_pages_sends_and_counts_only_what_changed(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink, read_by: list[str], mode: str) -> None:
+    warehouse.execute("ALTER TABLE warehouse.people ADD PRIMARY KEY (id)")
+    warehouse.insert(2_000)
+    warehouse.execute("ANALYZE warehouse.people")
+    setup = people_sync(mode=mode, destination_config={"batchSize": 500})
+    assert driver.run(setup).rows_written == 2_000
+    warehouse.execute("UPDATE warehouse.people SET name = 'Changed' WHERE id IN (4, 1500)")
+    warehouse.execute("DELETE FROM warehouse.people WHERE id = 7")
+    warehouse.insert(1, start=2_001)
+    sink.received.clear()
+    read_by.clear()
+    run = driver.run(setup)
+    assert run.status == "succeeded", run.error
+    assert read_by == ["pages"]
+    sent = sorted(str(r["external_id"]) for batch in sink.received for r in batch.records)
+    assert sent == ["1500", "2001", "4"] + (["7"] if mode == "mirror" else [])  # 7: deleted
+    assert (run.rows_read, run.rows_added, run.rows_changed, run.rows_unchanged) == (2_000, 1, 2, 1_997)
+    if mode == "mirror":
+        assert "7" not in sink.store and run.rows_removed == 1
