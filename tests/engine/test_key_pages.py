@@ -108,13 +108,19 @@ def test_pages_are_read_in_one_snapshot(warehouse: Warehouse, read_by: list[str]
     assert sorted(lines) == sorted(before)
 
 
-def test_a_page_read_is_bounded_by_the_deadline_and_stops_when_closed(warehouse: Warehouse, read_by: list[str]) -> None:
+@pytest.fixture
+def slow_at_the_third_page(warehouse: Warehouse) -> str:
+    """A query over 2,000 keyed rows whose third page of 400 takes 5 s."""
     warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int)")
     warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(1, 2000) AS i")
     warehouse.execute("ANALYZE warehouse.paged")
     # (pg_sleep in the WHERE: in the select list it would keep the query a subquery of its own.)
-    slow = ("SELECT id, n FROM warehouse.paged"
+    return ("SELECT id, n FROM warehouse.paged"
             " WHERE pg_sleep(CASE WHEN id = 1000 THEN 5 ELSE 0 END) IS NOT NULL")
+
+
+def test_a_page_read_is_bounded_by_the_deadline_and_stops_when_closed(warehouse: Warehouse, read_by: list[str], slow_at_the_third_page: str) -> None:
+    slow = slow_at_the_third_page
     source = PostgresSource({"url": warehouse.url}, statement_timeout_s=0.5)
     blocks = []
     with pytest.raises(ConnectorError) as failure:
@@ -135,13 +141,8 @@ def test_a_page_read_is_bounded_by_the_deadline_and_stops_when_closed(warehouse:
         ).fetchone()[0] == 0
 
 
-def test_an_interrupted_page_read_stops_at_once(warehouse: Warehouse, read_by: list[str]) -> None:
-    warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int)")
-    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(1, 2000) AS i")
-    warehouse.execute("ANALYZE warehouse.paged")
-    # (pg_sleep in the WHERE: in the select list it would keep the query a subquery of its own.)
-    slow = ("SELECT id, n FROM warehouse.paged"
-            " WHERE pg_sleep(CASE WHEN id = 1000 THEN 5 ELSE 0 END) IS NOT NULL")
+def test_an_interrupted_page_read_stops_at_once(warehouse: Warehouse, read_by: list[str], slow_at_the_third_page: str) -> None:
+    slow = slow_at_the_third_page
     source = PostgresSource({"url": warehouse.url})
     timer = threading.Timer(0.5, source.interrupt)
     timer.start()

@@ -69,10 +69,14 @@ def _to_md5_snapshot(driver: EngineDriver, setup, warehouse: Warehouse) -> None:
     )
     md5 = {key: value for chunk in source.stream_key_hashes(
         query, plan.key_column, plan.read_columns, salt=plan.fingerprint) for key, value in chunk}
+    _rewrite_snapshot(setup.sync_id, md5)
+
+
+def _rewrite_snapshot(sync_id: str, hashes: dict[str, str]) -> None:
     with transaction() as conn:
-        for key, value in md5.items():
+        for key, value in hashes.items():
             conn.execute("UPDATE sync_snapshots SET content_hash = %s"
-                         " WHERE sync_id = %s AND record_key = %s", (value, setup.sync_id, key))
+                         " WHERE sync_id = %s AND record_key = %s", (value, sync_id, key))
 
 
 @pytest.mark.parametrize("full_refresh_first", [False, True])
@@ -181,11 +185,7 @@ def test_a_duckdb_snapshot_of_md5_hashes_keeps_sending_only_changes(
     plan = mapping.plan_for(PEOPLE_MAPPINGS, source.columns(DUCK_QUERY),
                             object_name="records", mode="upsert")
     source.close()
-    md5 = _duck_hashes(duck_people, plan.read_columns, salt=plan.fingerprint)
-    with transaction() as conn:
-        for key, value in md5.items():
-            conn.execute("UPDATE sync_snapshots SET content_hash = %s"
-                         " WHERE sync_id = %s AND record_key = %s", (value, setup.sync_id, key))
+    _rewrite_snapshot(setup.sync_id, _duck_hashes(duck_people, plan.read_columns, salt=plan.fingerprint))
     if full_refresh_first:
         assert driver.run(setup, full_refresh=True).rows_written == 20
         assert all(len(value) != 32 for value in _snapshot_hashes(setup.sync_id))
