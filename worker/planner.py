@@ -316,7 +316,7 @@ def _hash_options(context: RunContext, source: Source) -> dict[str, Any]:
     """`fast=True` when the source hashes typed values (`fast_hashes`) and the sync's snapshot
     does not hold md5 hashes from before: a snapshot keeps the kind it was written with until a
     full refresh rewrites it, so upgrading never makes every record look changed."""
-    if not getattr(type(source), "fast_hashes", False):
+    if not source.fast_hashes:
         return {}
     if not context.lease.full_refresh:
         with transaction() as conn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import os
 import re
 import threading
@@ -100,6 +101,10 @@ def hash_is_the_pinned_one(check: tuple[str, str] = FAST_HASH_CHECK) -> bool:
     statement, expected = check
     with duckdb.connect(":memory:") as conn:
         return conn.execute(statement).fetchone()[0] == expected
+
+
+# Asked once per process, when a run first wants to know (not when the module loads).
+_pinned_hash_holds = functools.cache(hash_is_the_pinned_one)
 
 
 @dataclass(frozen=True)
@@ -223,9 +228,6 @@ class DuckDbSource(Source):
     # duplicates among the staged keys costs Postgres.
     proves_unique_keys: ClassVar[bool] = True
     streams_key_hash_copy: ClassVar[bool] = True
-    # ... and `fast=True`: DuckDB's own 64-bit hash() of the typed values instead of md5 over
-    # the row's text, a tenth of the work, while hash() is the one pinned (FAST_HASH_CHECK).
-    fast_hashes: ClassVar[bool] = hash_is_the_pinned_one()
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "path", default=":memory:",
@@ -245,6 +247,12 @@ class DuckDbSource(Source):
                 f"{self.path} is outside the folders DuckDB sources may read"
                 " (RETL_DUCKDB_DIRECTORIES)"
             )
+
+    @property
+    def fast_hashes(self) -> bool:  # type: ignore[override]
+        """`fast=True` is taken: DuckDB's own 64-bit hash() of the typed values instead of md5
+        over the row's text, a tenth of the work, while hash() is the pinned one."""
+        return _pinned_hash_holds()
 
     def _inside_allowed(self, path: str) -> bool:
         real = os.path.realpath(path)
