@@ -174,3 +174,21 @@ def test_a_run_read_in_pages_sends_and_counts_only_what_changed(driver: EngineDr
     assert (run.rows_read, run.rows_added, run.rows_changed, run.rows_unchanged) == (2_000, 1, 2, 1_997)
     if mode == "mirror":
         assert "7" not in sink.store and run.rows_removed == 1
+
+
+def test_a_page_read_whose_connection_is_cut_fails_with_the_reason(warehouse: Warehouse, read_by: list[str]) -> None:
+    warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int)")
+    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(1, 2000) AS i")
+    warehouse.execute("ANALYZE warehouse.paged")
+    source = PostgresSource({"url": warehouse.url})
+    blocks = source.stream_key_hash_copy("SELECT id, n FROM warehouse.paged", "id", ["n"], 400, salt="s")
+    next(blocks)
+    with psycopg.connect(warehouse.admin_url, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'retl-source' AND datname = current_database()"
+        ).fetchone()[0] == 1
+    with pytest.raises(ConnectorError) as failure:
+        list(blocks)
+    assert read_by == ["pages"]
+    assert "terminating connection" in failure.value.message or "closed" in failure.value.message
