@@ -137,7 +137,7 @@ def test_a_page_read_is_bounded_by_the_deadline_and_stops_when_closed(warehouse:
     with psycopg.connect(warehouse.admin_url) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'retl-source'"
-            " AND state LIKE 'idle in transaction%%'"
+            " AND datname = current_database() AND state LIKE 'idle in transaction%%'"
         ).fetchone()[0] == 0
 
 
