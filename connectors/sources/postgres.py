@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import select
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import psycopg
@@ -119,20 +122,102 @@ def _copy_out(
         yield b"".join(block)
 
 
+def _exported_snapshot(conn: psycopg.Connection) -> str | None:
+    """The snapshot of the connection's transaction, for other sessions to read in; None when
+    the server refuses to export it. Called before any row is read: after a refusal the
+    transaction is rolled back, and the next statement begins the snapshot the read sees (the
+    deadline is then kept by retl's side alone)."""
+    try:
+        return conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    except psycopg.Error as exc:
+        log.info("the source does not export its snapshot, so one reader reads: %s", exc)
+        conn.rollback()
+        return None
+
+
+@dataclass(frozen=True)
+class _KeyPages:
+    """The page statements of a read in key order, by whether they take a key to read after
+    and a key to read up to (`%s` parameters, in that order), and the keys at which the read
+    divides between readers (none: one reader)."""
+
+    statements: dict[tuple[bool, bool], sql.Composable]
+    dividing_keys: list[Any]
+
+    def statement(self, *, after: bool, until: bool) -> sql.Composable:
+        return self.statements[after, until]
+
+
 def _read_pages(
-    conn: psycopg.Connection, first: sql.Composable, following: sql.Composable, page_rows: int,
+    conn: psycopg.Connection, pages: _KeyPages, lower: Any, upper: Any, page_rows: int,
     watch: QueryWatch,
 ) -> Iterator[bytes]:
-    """The blocks `_pages_in_key_order` reads: the first page, then each next one after the
-    last key read, until a page comes back short."""
+    """The blocks of one walk `_pages_in_key_order` plans: the keys after `lower` up to and
+    with `upper` (None: no bound), a page after the last key read until a page comes back
+    short."""
+    until = () if upper is None else (upper,)
+    after = lower
     with conn.cursor(binary=True) as cur:
-        block, last, rows = cur.execute(first, (), prepare=True).fetchone()
-        while rows:
+        while True:
+            statement = pages.statement(after=after is not None, until=upper is not None)
+            params = ((after,) if after is not None else ()) + until
+            block, after, rows = cur.execute(statement, params, prepare=True).fetchone()
+            if not rows:
+                return
             yield block
             if rows < page_rows:
                 return
             watch.check()
-            block, last, rows = cur.execute(following, (last,), prepare=True).fetchone()
+
+
+_DONE = object()
+
+
+def _read_ranges(walks: list[Iterator[bytes]], cancel: Callable[[], None]) -> Iterator[bytes]:
+    """The blocks of several walks (`_read_pages` on connections of their own), each walked by
+    a thread of its own, in the order they arrive. A few blocks wait at most; a walk's error is
+    raised here. Closed early, the walks stop: `cancel` stops the pages being read."""
+    arrived: queue.Queue[Any] = queue.Queue()
+    room = threading.Semaphore(2 * len(walks))  # blocks read ahead of the consumer
+    stop = threading.Event()
+
+    def walk(blocks: Iterator[bytes]) -> None:
+        try:
+            for block in blocks:
+                while not room.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                arrived.put(block)
+        except BaseException as exc:  # raised by the consumer below
+            arrived.put(exc)
+        else:
+            arrived.put(_DONE)
+        finally:
+            blocks.close()
+
+    threads = [threading.Thread(target=walk, args=(blocks,), name="source-pages", daemon=True)
+               for blocks in walks]
+    for thread in threads:
+        thread.start()
+    try:
+        running = len(threads)
+        while running:
+            item = arrived.get()
+            if item is _DONE:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                room.release()
+                yield item
+    finally:
+        stop.set()
+        if any(thread.is_alive() for thread in threads):
+            cancel()
+        for thread in threads:
+            thread.join()
 
 
 def _strip(query: str) -> str:
@@ -244,6 +329,11 @@ class PostgresSource(Source):
     streams_key_hash_copy: ClassVar[bool] = True
     # keys_unique: proved from the catalog, when the query reads one table by its unique key.
     proves_unique_keys: ClassVar[bool] = True
+    # A read in key order of a table of `readers_from_rows` rows or more is divided between
+    # `page_readers` connections, each walking its own range of keys in the same snapshot:
+    # the source's work is most of the stage's time, and one connection is one process.
+    page_readers: ClassVar[int] = 2
+    readers_from_rows: ClassVar[int] = 200_000
     config_fields: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField(
             "url", required=True, secret=True,
@@ -262,9 +352,12 @@ class PostgresSource(Source):
         target = egress.postgres_target(self.url)
         self._where = f"{target.host}:{target.port}"
 
-    def _connect(self, *, repeatable: bool = False) -> psycopg.Connection:
+    def _connect(
+        self, *, repeatable: bool = False, snapshot: str | None = None
+    ) -> psycopg.Connection:
         """A connection whose statements run in one read-only transaction; `repeatable`: all
-        of them see the same snapshot of the database (REPEATABLE READ)."""
+        of them see the same snapshot of the database (REPEATABLE READ); `snapshot`: that of
+        another transaction, which exported it (pg_export_snapshot)."""
         try:
             conn = egress.connect_postgres(
                 self.url, connect_timeout=10, application_name="retl-source"
@@ -285,9 +378,11 @@ class PostgresSource(Source):
         # `watch` enforces the deadline from this side. The role's privileges are read in the
         # same round trip.
         conn.read_only = True
-        if repeatable:
+        if repeatable or snapshot is not None:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         try:
+            if snapshot is not None:  # the transaction's first statement, or refused
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
             _, role, superuser, held = conn.execute(
                 "SELECT set_config('statement_timeout', %s, true), current_user::text,"
                 " current_setting('is_superuser') = 'on',"
@@ -387,18 +482,25 @@ class PostgresSource(Source):
     def _catalog_proves_unique(
         self, conn: psycopg.Connection, query: str, key_column: str
     ) -> bool:
+        return self._unique_key_column(conn, query, key_column) is not None
+
+    def _unique_key_column(
+        self, conn: psycopg.Connection, query: str, key_column: str
+    ) -> tuple[int, int] | None:
+        """(table oid, column number) of the key column when the catalog proves its values
+        unique and never null (see keys_unique); None otherwise."""
         described = self._described(conn, query)
         names = [column.name for column in described.description or []]
         if names.count(key_column) != 1:
-            return False
+            return None
         position = names.index(key_column)
         result = described.pgresult
         if result is None or described.description[position].type_code not in _KEY_TYPES:
-            return False
+            return None
         # The table and column the key is a plain reference to (0: an expression).
         table, column = result.ftable(position), result.ftablecol(position)
         if not table or not column:
-            return False
+            return None
         plan = conn.execute(
             sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) SELECT * FROM {}").format(
                 self._wrapped(query)
@@ -406,7 +508,7 @@ class PostgresSource(Source):
         ).fetchone()[0]
         scanned = _only_table_scanned(plan[0]["Plan"])
         if scanned is None:
-            return False
+            return None
         proved = conn.execute(
             "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) = %s::oid AND EXISTS ("
             " SELECT 1 FROM pg_index i JOIN pg_attribute a"
@@ -416,7 +518,7 @@ class PostgresSource(Source):
             "  AND i.indexprs IS NULL AND a.attnotnull)",
             (scanned[0], scanned[1], table, table, column),
         ).fetchone()
-        return bool(proved[0])
+        return (table, column) if proved[0] else None
 
     def _described(self, conn: psycopg.Connection, query: str) -> psycopg.Cursor:
         """The query's columns, described without reading a row (LIMIT 0 stops the executor
@@ -464,8 +566,14 @@ class PostgresSource(Source):
         )
         conn = self._connect(repeatable=True)
         self._streaming.add(conn)
+        conns = [conn]  # and the other readers' of a divided read
+
+        def cancel() -> None:
+            for each in list(conns):
+                each.cancel_safe()
+
         try:
-            with self.watch(conn.cancel_safe) as watch:
+            with self.watch(cancel) as watch:
                 try:
                     # COPY is sent as a simple query, which would run a second statement
                     # smuggled into the query's text: the same SELECT is prepared first, which
@@ -475,25 +583,38 @@ class PostgresSource(Source):
                         self._pages_in_key_order(conn, query, key_column, content_hash, chunk_size)
                         if key_column is not None else None
                     )
-                    if pages is not None:
-                        yield from _read_pages(conn, *pages, chunk_size, watch)
-                    else:
+                    snapshot = _exported_snapshot(conn) if pages and pages.dividing_keys else None
+                    if pages is None:
                         yield from _copy_out(conn.pgconn, copied.as_bytes(conn), chunk_size, watch)
+                    elif snapshot is None:
+                        yield from _read_pages(conn, pages, None, None, chunk_size, watch)
+                    else:
+                        for _ in pages.dividing_keys:
+                            conns.append(self._connect(snapshot=snapshot))
+                            self._streaming.add(conns[-1])
+                        bounds = [None, *pages.dividing_keys, None]
+                        yield from _read_ranges([
+                            _read_pages(each, pages, lower, upper, chunk_size, watch)
+                            for each, lower, upper in zip(conns, bounds[:-1], bounds[1:], strict=True)
+                        ], cancel)
                 except psycopg.Error as exc:
                     raise (watch.error() or _failure(query, exc)) from None
         finally:
-            self._streaming.discard(conn)
-            _end(conn)
+            for each in conns:
+                self._streaming.discard(each)
+                _end(each)
 
     def _pages_in_key_order(
         self, conn: psycopg.Connection, query: str, key_column: str,
         content_hash: sql.Composable, page_rows: int,
-    ) -> tuple[sql.Composable, sql.Composable] | None:
-        """The statements reading the first page of (key, hash) lines and the page after a
-        key, when the keys are proved unique and the first page's plan walks an index in key
-        order (EXPLAIN, never run); None otherwise. Unique keys make the order of the lines
-        free, and keyset pages in one snapshot read every row once."""
-        if not self._catalog_proves_unique(conn, query, key_column):
+    ) -> _KeyPages | None:
+        """The statements reading pages of (key, hash) lines in key order, when the keys are
+        proved unique and the first page's plan walks an index in key order (EXPLAIN, never
+        run), and the keys at which the walk divides between readers; None otherwise. Unique
+        keys make the order of the lines free, and keyset pages in one snapshot read every row
+        once."""
+        unique = self._unique_key_column(conn, query, key_column)
+        if unique is None:
             return None
         described = self._described(conn, query).description or []
         key_type = _KEY_TYPES[next(c.type_code for c in described if c.name == key_column)]
@@ -506,9 +627,12 @@ class PostgresSource(Source):
 
         # The page's last key: uuid has no max(), but its text in the C collation sorts as it.
         last = sql.SQL("max(k::text COLLATE \"C\")::uuid" if key_type == "uuid" else "max(k)")
+        bound = sql.SQL("%s::{}").format(sql.SQL(key_type))
 
-        def page(after: bool) -> sql.Composable:
-            where = sql.SQL(" WHERE {} > %s::{}").format(key, sql.SQL(key_type)) if after else sql.SQL("")
+        def page(after: bool, until: bool) -> sql.Composable:
+            conditions = ([sql.SQL("{} > {}").format(key, bound)] if after else []) + (
+                [sql.SQL("{} <= {}").format(key, bound)] if until else [])
+            where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
             return sql.SQL(
                 "SELECT convert_to(string_agg(line, ''), 'UTF8'), {last}, count(*) FROM"
                 " (SELECT {key} AS k, {text} || chr(9) || {hash} || chr(10) AS line"
@@ -516,13 +640,38 @@ class PostgresSource(Source):
             ).format(last=last, key=key, text=text, hash=content_hash, query=self._wrapped(query),
                      where=where, rows=sql.Literal(page_rows))
 
-        first = page(after=False)
+        statements = {(after, until): page(after, until) for after in (False, True) for until in (False, True)}
         plan = conn.execute(
-            sql.SQL("EXPLAIN (FORMAT JSON) {}").format(first), (), prepare=True
+            sql.SQL("EXPLAIN (FORMAT JSON) {}").format(statements[False, False]), (), prepare=True
         ).fetchone()[0]
         if not _walks_index_in_order(plan[0]["Plan"]):
             return None
-        return first, page(after=True)
+        return _KeyPages(statements, self._dividing_keys(conn, *unique, key_type))
+
+    def _dividing_keys(
+        self, conn: psycopg.Connection, table: int, column: int, key_type: str
+    ) -> list[Any]:
+        """Keys that divide the key column's values into `page_readers` ranges of about as
+        many rows, from the table's statistics (the quantiles of its histogram); none when the
+        table is smaller than `readers_from_rows` or has no statistics."""
+        if self.page_readers < 2:
+            return []
+        row = conn.execute(
+            sql.SQL(
+                "SELECT c.reltuples, s.histogram_bounds::text::{}[] FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = %s"
+                " LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname"
+                "  AND s.attname = a.attname AND NOT s.inherited"
+                " WHERE c.oid = %s"
+            ).format(sql.SQL(key_type)),
+            (column, table),
+        ).fetchone()
+        if row is None or row[0] < self.readers_from_rows or not row[1]:
+            return []
+        bounds = row[1]
+        keys = [bounds[(len(bounds) - 1) * i // self.page_readers] for i in range(1, self.page_readers)]
+        return sorted(set(keys))
 
     def stream_rows_for_keys(
         self, query: str, key_column: str | None, columns: list[str], keys: list[str] | None,

@@ -1,6 +1,7 @@
 """A Postgres source whose keys the catalog proves unique is read in pages by key order, each
 page's (key, hash) lines made by Postgres: the same lines as COPY gives, every row once, in
-one snapshot; queries whose pages would need a sort are read by COPY."""
+one snapshot; queries whose pages would need a sort are read by COPY. A large table's read is
+divided between two readers by key range, in the same snapshot."""
 
 from __future__ import annotations
 
@@ -14,6 +15,29 @@ from connectors.sources.base import ConnectorError
 from connectors.sources.postgres import PostgresSource
 from tests.engine.conftest import EngineDriver, Warehouse
 from tests.fakes.http_sink import FakeHttpSink
+
+
+@pytest.fixture
+def walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows each walk of keys read (one walk per reader)."""
+    counted: list[int] = []
+    pages = postgres_source._read_pages
+
+    def counting(*args):
+        counted.append(0)
+        walk = len(counted) - 1
+        for block in pages(*args):
+            counted[walk] += block.count(b"\n")
+            yield block
+
+    monkeypatch.setattr(postgres_source, "_read_pages", counting)
+    return counted
+
+
+@pytest.fixture
+def divided(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads in key order are divided between readers whatever the table's size."""
+    monkeypatch.setattr(PostgresSource, "readers_from_rows", 0)
 
 
 def _lines(blocks) -> list[str]:
@@ -192,3 +216,81 @@ def test_a_page_read_whose_connection_is_cut_fails_with_the_reason(warehouse: Wa
         list(blocks)
     assert read_by == ["pages"]
     assert "terminating connection" in failure.value.message or "closed" in failure.value.message
+
+
+_KEYS = {
+    "int": "i", "bigint": "i * 10000000000", "uuid": "md5(i::text)::uuid",
+    "text": "(ARRAY[E'tab\\tkey', E'new\\nline', 'plain', E'back\\\\slash'])[1 + i % 4] || i",
+}
+
+
+@pytest.mark.parametrize("key_type", list(_KEYS))
+def test_a_large_table_is_read_by_two_readers_in_one_snapshot(warehouse: Warehouse, walks: list[int], divided: None, monkeypatch: pytest.MonkeyPatch, key_type: str) -> None:
+    warehouse.execute(f"CREATE TABLE warehouse.paged (id {key_type} PRIMARY KEY, n int, note text)")
+    warehouse.execute(f"INSERT INTO warehouse.paged SELECT {_KEYS[key_type]}, i, 'n' || i"
+                      " FROM generate_series(1, 3000) AS i")
+    warehouse.execute("ANALYZE warehouse.paged")
+    query = "SELECT id, n, note FROM warehouse.paged"
+    before = _copy_lines(warehouse, query, "id", ["n", "note"], salt="s", fast=True)
+    # Every row changes after the read's snapshot was taken and before the second reader
+    # starts: both readers still read the rows as they were.
+    export = postgres_source._exported_snapshot
+
+    def export_then_change(conn):
+        snapshot = export(conn)
+        warehouse.execute("UPDATE warehouse.paged SET n = -n")
+        return snapshot
+
+    monkeypatch.setattr(postgres_source, "_exported_snapshot", export_then_change)
+    source = PostgresSource({"url": warehouse.url})
+    walks.clear()
+    lines = _lines(source.stream_key_hash_copy(query, "id", ["n", "note"], 400, salt="s", fast=True))
+    assert len(walks) == 2 and min(walks) > 0 and sum(walks) == 3000
+    assert len(lines) == 3000
+    assert sorted(lines) == sorted(before)
+
+
+def test_a_table_without_statistics_is_read_by_one_reader(warehouse: Warehouse, walks: list[int], divided: None) -> None:
+    warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int) WITH (autovacuum_enabled = off)")
+    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(1, 3000) AS i")
+    source = PostgresSource({"url": warehouse.url})
+    lines = _lines(source.stream_key_hash_copy("SELECT id, n FROM warehouse.paged", "id", ["n"], 400, salt="s"))
+    assert len(lines) == 3000
+    assert walks == [3000]  # not divided: nothing says where the middle key is
+
+
+def test_a_source_that_does_not_export_its_snapshot_is_read_by_one_reader(warehouse: Warehouse) -> None:
+    with psycopg.connect(warehouse.url) as conn:
+        conn.execute("SELECT 1")
+        conn.execute("SAVEPOINT inner_work")  # Postgres exports no snapshot from a subtransaction
+        assert postgres_source._exported_snapshot(conn) is None
+        # The transaction was rolled back, not left failed: the read goes on in a new one.
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'pg_class'").fetchone()[0] == 1
+
+
+def _source_sessions(warehouse: Warehouse) -> list[str]:
+    with psycopg.connect(warehouse.admin_url) as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT state FROM pg_stat_activity WHERE application_name = 'retl-source'"
+            " AND datname = current_database()"
+        ).fetchall()]
+
+
+def test_a_divided_read_is_stopped_by_an_interrupt_and_closes_its_readers(warehouse: Warehouse, walks: list[int], divided: None, slow_at_the_third_page: str) -> None:
+    source = PostgresSource({"url": warehouse.url})
+    timer = threading.Timer(0.5, source.interrupt)
+    timer.start()
+    try:
+        with pytest.raises(ConnectorError) as failure:
+            list(source.stream_key_hash_copy(slow_at_the_third_page, "id", ["n"], 400, salt="s"))
+    finally:
+        timer.cancel()
+    assert failure.value.message == "the source query was cancelled with its run"
+    assert len(walks) == 2
+    assert _source_sessions(warehouse) == []
+    # Closed after its first block, both readers end their transactions.
+    source = PostgresSource({"url": warehouse.url})
+    stream = source.stream_key_hash_copy(slow_at_the_third_page, "id", ["n"], 400, salt="s")
+    next(stream)
+    stream.close()
+    assert _source_sessions(warehouse) == []
