@@ -11,6 +11,8 @@ import psycopg
 import pytest
 
 from connectors.sources.duckdb import DuckDbSource
+from shared.db import transaction
+from shared.repositories import engine as repo
 from shared.services import dlq as dlq_service
 from tests.engine.conftest import EngineDriver, Warehouse, make_sync
 from tests.fakes.http_sink import FakeHttpSink
@@ -206,8 +208,6 @@ def test_planning_memory_does_not_grow_with_the_rows_read(driver: EngineDriver, 
 
 
 def test_the_lease_is_renewed_while_the_diff_runs(driver: EngineDriver, people_sync, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.db import transaction
-    from shared.repositories import engine as repo
     from worker import planner
 
     warehouse.insert(30)
@@ -235,8 +235,6 @@ def test_the_lease_is_renewed_while_the_diff_runs(driver: EngineDriver, people_s
 
 
 def _stages(*run_ids: str) -> list[str]:
-    from shared.db import transaction
-
     with transaction() as conn:
         rows = conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -275,8 +273,6 @@ def test_a_plan_drops_its_stage_made_or_failed(driver: EngineDriver, people_sync
 
 
 def test_the_reaper_drops_the_stages_that_dead_planners_left(driver: EngineDriver, people_sync, warehouse: Warehouse) -> None:
-    from shared.db import transaction
-    from shared.repositories import engine as repo
 
     warehouse.insert(3)
     setup = people_sync()
@@ -316,3 +312,26 @@ def test_a_postgres_source_read_by_its_primary_key_is_not_searched_for_repeated_
     warehouse.execute("UPDATE warehouse.people SET name = 'Again' WHERE id = 5")
     assert driver.run(setup).rows_changed == 1
     assert len(searched) == 1  # without the key's index the staged keys are searched again
+
+
+def _snapshot_rows_estimate() -> float:
+    with transaction() as conn:
+        return conn.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = 'sync_snapshots'::regclass"
+        ).fetchone()[0]
+
+
+def test_a_plan_analyzes_snapshots_postgres_has_no_statistics_of(driver: EngineDriver, people_sync, warehouse: Warehouse, sink: FakeHttpSink) -> None:
+    warehouse.insert(300)
+    setup = people_sync()
+    assert driver.run(setup).rows_written == 300
+    # As after a first run of millions of rows with autovacuum off or behind: Postgres would
+    # plan the diff for a few thousand snapshot rows.
+    with transaction() as conn:
+        conn.execute("UPDATE pg_class SET reltuples = -1 WHERE oid = 'sync_snapshots'::regclass")
+    warehouse.execute("UPDATE warehouse.people SET name = 'Changed' WHERE id = 4")
+    run = driver.run(setup)
+    assert (run.status, run.rows_changed, run.rows_unchanged) == ("succeeded", 1, 299)
+    assert _snapshot_rows_estimate() == 300
+    with transaction() as conn:
+        assert not repo.refresh_snapshot_statistics(conn)  # fresh: not analyzed again

@@ -81,6 +81,7 @@ from shared.repositories.engine.planning import (  # noqa: F401
     outgoing_changes,
     outgoing_keys,
     planning_done,
+    refresh_snapshot_statistics,
     removed_keys,
     reset_staging,
     restrict_stage_to_keys,
