@@ -69,14 +69,10 @@ def copy_into_stage(
 ) -> int:
     """COPY the (key, hash) chunks into the stage in arrival order; the number of rows.
     `copy_text`: the chunks are blocks of COPY text already (`stream_key_hash_copy`), written
-    as they are; a row is a line.
-
-    The stage was made in this transaction (`create_stage`), so its rows are written frozen
-    (FREEZE): otherwise the diff's first read of them sets every row's hint bits, dirtying
-    and writing out the whole stage again (at ten million rows, about 2 s of the join)."""
+    as they are; a row is a line."""
     read = 0
     with conn.cursor() as cur:
-        statement = sql.SQL("COPY {} (record_key, content_hash) FROM STDIN (FREEZE)").format(stage)
+        statement = sql.SQL("COPY {} (record_key, content_hash) FROM STDIN").format(stage)
         with cur.copy(statement) as copy:
             for chunk in chunks:
                 if copy_text:
