@@ -669,9 +669,10 @@ class PostgresSource(Source):
         ).fetchone()
         if row is None or row[0] < self.readers_from_rows or not row[1]:
             return []
-        bounds = row[1]
-        keys = [bounds[(len(bounds) - 1) * i // self.page_readers] for i in range(1, self.page_readers)]
-        return sorted(set(keys))
+        bounds = row[1]  # in the key's own order, which Python's need not be
+        picked = [bounds[(len(bounds) - 1) * i // self.page_readers]
+                  for i in range(1, self.page_readers)]
+        return [key for n, key in enumerate(picked) if n == 0 or key != picked[n - 1]]
 
     def stream_rows_for_keys(
         self, query: str, key_column: str | None, columns: list[str], keys: list[str] | None,
