@@ -192,17 +192,26 @@ def bench_big_plan(rows: int, workspace_id: str, fast: bool) -> list[Row]:
         sync_id = sync_to(workspace_id, ("postgres", {"url": _url(WAREHOUSE_DB)}), sink.url,
                           "big", {"batchSize": 1000, "rateLimitPerSecond": 100_000})
         seed_snapshot(sync_id, fast)
+        # The snapshot's first plan reads rows no query has read yet, so it sets their hint
+        # bits (and analyzes the table): measured apart, the second is the sync's usual plan.
+        change_postgres_people(0.01)
+        first = plan_in_subprocess(workspace_id, sync_id)
+        assert first["status"] == "succeeded", first
+        sink.received.clear()
         changed = change_postgres_people(0.01)
+        # The machine's speed drifts over minutes: the floor is taken on both sides of the plan.
+        floors = [copy_floor_seconds()]
         result = plan_in_subprocess(workspace_id, sync_id)
+        floors.append(copy_floor_seconds())
         assert result["status"] == "succeeded", result
         sent = sum(len(b.records) for b in sink.received)
-    floor = copy_floor_seconds()
+    floor = sum(floors) / 2
     return [
         Row(f"plan, {rows:,} rows, 1% changed, {'typed' if fast else 'md5'} hashes",
             f"{result['plan_s']:.1f} s", "",
-            f"{changed:,} changed, {sent:,} sent"),
+            f"{changed:,} changed, {sent:,} sent; the snapshot's first plan {first['plan_s']:.1f} s"),
         Row("  ratio to COPY (query) TO STDOUT", f"{result['plan_s'] / floor:.1f}×", "≤ 3×",
-            f"COPY floor {floor:.2f} s"),
+            f"COPY floor {floor:.2f} s (before the plan {floors[0]:.2f} s, after {floors[1]:.2f} s)"),
         Row("  peak RSS of the worker (plan + writes)", f"{result['peak_rss_mb']:.0f} MB",
             "< 400 MB"),
     ]
@@ -217,17 +226,21 @@ def bench_duckdb_plan(rows: int, workspace_id: str, workdir: Path) -> list[Row]:
         sync_id = sync_to(workspace_id, ("duckdb", {"path": path}), sink.url, "duck-plan",
                           {"batchSize": 1000, "rateLimitPerSecond": 100_000})
         seed_snapshot(sync_id, True, DuckDbSource({"path": path}))
-        with duckdb.connect(path) as conn:
-            changed = conn.execute(
-                "UPDATE people SET name = name || ' (changed)' WHERE id % 100 = 0"
-            ).fetchone()[0]
-        result = plan_in_subprocess(workspace_id, sync_id)
-        assert result["status"] == "succeeded", result
+        results = []
+        for _ in range(2):  # the snapshot's first plan, then the measured one (see above)
+            sink.received.clear()
+            with duckdb.connect(path) as conn:
+                changed = conn.execute(
+                    "UPDATE people SET name = name || ' (changed)' WHERE id % 100 = 0"
+                ).fetchone()[0]
+            results.append(plan_in_subprocess(workspace_id, sync_id))
+            assert results[-1]["status"] == "succeeded", results[-1]
+        first, result = results
         sent = sum(len(b.records) for b in sink.received)
-    took = result["plan_s"] + result["write_s"]
+    took, first_took = (r["plan_s"] + r["write_s"] for r in (result, first))
     return [Row(f"DuckDB plan and send, {rows:,} rows, 1% changed", f"{took:.1f} s", "< 2 s",
                 f"plan {result['plan_s']:.1f} s + writes {result['write_s']:.1f} s;"
-                f" {changed:,} changed, {sent:,} sent")]
+                f" {changed:,} changed, {sent:,} sent; the snapshot's first {first_took:.1f} s")]
 
 
 def main() -> None:
