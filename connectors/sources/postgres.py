@@ -584,14 +584,13 @@ class PostgresSource(Source):
                         if key_column is not None else None
                     )
                     snapshot = _exported_snapshot(conn) if pages and pages.dividing_keys else None
+                    if snapshot is not None:
+                        conns += self._other_readers(snapshot, len(pages.dividing_keys))
                     if pages is None:
                         yield from _copy_out(conn.pgconn, copied.as_bytes(conn), chunk_size, watch)
-                    elif snapshot is None:
+                    elif len(conns) == 1:
                         yield from _read_pages(conn, pages, None, None, chunk_size, watch)
                     else:
-                        for _ in pages.dividing_keys:
-                            conns.append(self._connect(snapshot=snapshot))
-                            self._streaming.add(conns[-1])
                         bounds = [None, *pages.dividing_keys, None]
                         yield from _read_ranges([
                             _read_pages(each, pages, lower, upper, chunk_size, watch)
@@ -603,6 +602,22 @@ class PostgresSource(Source):
             for each in conns:
                 self._streaming.discard(each)
                 _end(each)
+
+    def _other_readers(self, snapshot: str, count: int) -> list[psycopg.Connection]:
+        """`count` more connections reading in `snapshot`; none when one cannot be made (the
+        server's connections are all taken, say): the first reader then reads alone."""
+        readers: list[psycopg.Connection] = []
+        try:
+            for _ in range(count):
+                readers.append(self._connect(snapshot=snapshot))
+                self._streaming.add(readers[-1])
+        except ConnectorError as exc:
+            log.info("one reader reads: another connection to the source failed: %s", exc.message)
+            for reader in readers:
+                self._streaming.discard(reader)
+                _end(reader)
+            return []
+        return readers
 
     def _pages_in_key_order(
         self, conn: psycopg.Connection, query: str, key_column: str,

@@ -311,3 +311,21 @@ def test_a_read_divided_three_ways_reads_every_row_once(warehouse: Warehouse, wa
     lines = _lines(source.stream_key_hash_copy(query, "id", ["n"], 400, salt="s"))
     assert len(walks) == 3 and min(walks) > 0
     assert sorted(lines) == sorted(_copy_lines(warehouse, query, "id", ["n"], salt="s"))
+
+
+def test_a_read_whose_second_reader_cannot_connect_is_read_by_the_first(warehouse: Warehouse, walks: list[int], divided: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse.execute("CREATE TABLE warehouse.paged (id int PRIMARY KEY, n int)")
+    warehouse.execute("INSERT INTO warehouse.paged SELECT i, i FROM generate_series(1, 3000) AS i")
+    warehouse.execute("ANALYZE warehouse.paged")
+    connect = PostgresSource._connect
+
+    def no_second_connection(self, **options):
+        if options.get("snapshot"):
+            raise ConnectorError("cannot reach the source: too many clients already")
+        return connect(self, **options)
+
+    monkeypatch.setattr(PostgresSource, "_connect", no_second_connection)
+    source = PostgresSource({"url": warehouse.url})
+    lines = _lines(source.stream_key_hash_copy("SELECT id, n FROM warehouse.paged", "id", ["n"], 400, salt="s"))
+    assert len(lines) == 3000
+    assert walks == [3000]
