@@ -273,7 +273,6 @@ def test_a_plan_drops_its_stage_made_or_failed(driver: EngineDriver, people_sync
 
 
 def test_the_reaper_drops_the_stages_that_dead_planners_left(driver: EngineDriver, people_sync, warehouse: Warehouse) -> None:
-
     warehouse.insert(3)
     setup = people_sync()
     ended = driver.run(setup).id
