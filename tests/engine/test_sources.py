@@ -391,3 +391,20 @@ def test_closing_a_postgres_source_ends_a_stream_stopped_early(warehouse: Wareho
         ).fetchone()[0]
     assert open_reads == 0
     warehouse.execute("DROP TABLE warehouse.people")  # no lock is left behind
+
+
+@pytest.mark.parametrize("key_sql", [
+    "i", "i::BIGINT * 10000000000", "'k' || i", "md5(i::VARCHAR)::UUID",
+    "DATE '2025-01-01' + i::INTEGER",  # no key type of its own: compared as text
+    "i / 4",  # DOUBLE: as text too
+])
+def test_duckdb_rows_for_keys_are_those_keys_whatever_the_key_type(tmp_path, key_sql: str) -> None:
+    import duckdb
+
+    path = str(tmp_path / "keys.duckdb")
+    with duckdb.connect(path) as conn:
+        conn.execute(f"CREATE TABLE t AS SELECT {key_sql} AS id, i AS n FROM range(1, 41) r(i)")
+        keys = [row[0] for row in conn.execute("SELECT CAST(id AS VARCHAR) FROM t WHERE n IN (3, 17, 40)").fetchall()]
+    source = DuckDbSource({"path": path})
+    rows = _all(source.stream_rows_for_keys("SELECT id, n FROM t", "id", ["n"], [*keys, "no such key"]))
+    assert sorted(rows, key=lambda row: row[1]) == [(keys[0], 3), (keys[1], 17), (keys[2], 40)]
