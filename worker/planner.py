@@ -450,7 +450,7 @@ def _diff(
                 repo.restrict_stage_to_keys(pg, stage, lease.replay_keys or [])
             repo.analyze_stage(pg, stage)
             pg.commit()  # the stage is read by a second session from here on
-            repo.refresh_snapshot_statistics(pg)
+            repo.refresh_snapshot_statistics(pg, sync.id, read)
             pg.commit()  # not held through the diff
 
             def diff(staged: int | None = None) -> repo.DiffCounts:

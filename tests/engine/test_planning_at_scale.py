@@ -4,6 +4,7 @@ source counted them first (DuckDB)."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import duckdb
@@ -333,4 +334,49 @@ def test_a_plan_analyzes_snapshots_postgres_has_no_statistics_of(driver: EngineD
     assert (run.status, run.rows_changed, run.rows_unchanged) == ("succeeded", 1, 299)
     assert _snapshot_rows_estimate() == 300
     with transaction() as conn:
-        assert not repo.refresh_snapshot_statistics(conn)  # fresh: not analyzed again
+        assert not repo.refresh_snapshot_statistics(conn, setup.sync_id, 300)  # fresh
+
+
+def _estimated_snapshot_rows(sync_id: str) -> float:
+    with transaction() as conn:
+        plan = conn.execute(
+            "EXPLAIN (FORMAT JSON) SELECT 1 FROM sync_snapshots WHERE sync_id = %s", (sync_id,)
+        ).fetchone()[0]
+    return plan[0]["Plan"]["Plan Rows"]
+
+
+def _wait_for_counted_changes(rows: int) -> None:
+    """Until Postgres's statistics count `rows` changes of the snapshots since their last
+    ANALYZE (sessions report their counts a few seconds late)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with transaction() as conn:
+            counted = conn.execute(
+                "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'sync_snapshots'"
+                " AND schemaname = 'public'"
+            ).fetchone()[0]
+        if counted >= rows:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the statistics counted {counted} changes, not {rows}")
+
+
+def test_a_plan_analyzes_snapshots_whose_sync_came_after_their_statistics(driver: EngineDriver, workspace_id: str, warehouse: Warehouse, sink: FakeHttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.repositories.engine import planning
+
+    monkeypatch.setattr(planning, "ANALYZE_FROM_ROWS", 100)  # the rule, on a smaller sync
+    warehouse.insert(300)
+    older = make_sync(workspace_id, {"url": warehouse.url}, sink.url)
+    driver.run(older)
+    with transaction() as conn:
+        conn.execute("ANALYZE sync_snapshots")
+    # A new sync's rows arrive after the statistics: too few for the table's own threshold,
+    # but Postgres thinks the new sync holds next to nothing.
+    newer = make_sync(workspace_id, {"url": warehouse.url}, sink.url)
+    assert driver.run(newer).rows_written == 300
+    assert _estimated_snapshot_rows(newer.sync_id) < 300 / 4
+    _wait_for_counted_changes(300)
+    warehouse.execute("UPDATE warehouse.people SET name = 'Changed' WHERE id = 4")
+    run = driver.run(newer)
+    assert (run.status, run.rows_changed, run.rows_unchanged) == ("succeeded", 1, 299)
+    assert _estimated_snapshot_rows(newer.sync_id) >= 300 / 4
