@@ -461,6 +461,8 @@ class DuckDbSource(Source):
         repeats an earlier row's."""
         text = self._checked(query)
         key = self._key_expression(key_column, [])
+        if self._column_types(text).get(key_column) in _KEY_TYPES:
+            key = f"q.{_quote(key_column)}"  # its text tells the same values apart: not made
         statement = f"SELECT count(*) - count(DISTINCT {key}) FROM (\n{text}\n) AS q"
         for chunk in self._run(query, statement):
             return int(chunk[0][0])

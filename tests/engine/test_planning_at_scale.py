@@ -60,6 +60,15 @@ def test_duckdb_counts_null_and_repeated_keys_in_the_source(duck_path: str) -> N
     source.close()
 
 
+def test_duckdb_counts_keys_as_their_text(tmp_path) -> None:
+    path = str(tmp_path / "doubles.duckdb")
+    # Equal as numbers, two keys as text (as the engine keeps keys): not repeated.
+    _change(path, "CREATE TABLE t AS SELECT * FROM (VALUES (0.0::DOUBLE), (-0.0::DOUBLE), (1.5)) v(id)")
+    source = DuckDbSource({"path": path})
+    assert source.repeated_keys("SELECT id FROM t", "id") == 0
+    source.close()
+
+
 def test_a_duckdb_second_run_sends_and_counts_only_what_changed(driver: EngineDriver, workspace_id: str, sink: FakeHttpSink, duck_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     setup = make_sync(workspace_id, {"path": duck_path}, sink.url, query=QUERY,
                       source_connector="duckdb")
