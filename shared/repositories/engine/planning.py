@@ -129,12 +129,11 @@ def refresh_snapshot_statistics(conn: psycopg.Connection, sync_id: str, staged: 
     a fifth of their rows changed since (and ten thousand), or — for a sync that staged
     `ANALYZE_FROM_ROWS` rows or more — an estimate of under a quarter of what it staged while
     at least a quarter as many rows changed since, as when a new sync's rows came after the
-    last ANALYZE. The diff is planned by them: planned
-    for a few thousand snapshot rows, it reads the snapshot's whole primary key in one
-    process, or builds the hash table once in each parallel process, and grows it step by
-    step (at ten million rows 8.9–9.5 s instead of 6.7–7.9 s, the ANALYZE 0.2–0.3 s).
-    Autovacuum gets there in time for most; when it is off or behind, this does. Skipped
-    while another session analyzes them. Whether it analyzed."""
+    last ANALYZE. The diff is planned by them: planned for a few thousand snapshot rows, it
+    reads the snapshot's whole primary key in one process, or builds the hash table once in
+    each parallel process, and grows it step by step (at ten million rows 8.9–9.5 s instead of
+    6.7–7.9 s, the ANALYZE 0.2–0.3 s). Autovacuum gets there in time for most; when it is off
+    or behind, this does. Skipped while another session analyzes them. Whether it analyzed."""
     stale, changed = conn.execute(
         "SELECT c.reltuples < 0 OR coalesce(s.n_mod_since_analyze, 0) > 0.2 * c.reltuples + 10000,"
         " coalesce(s.n_mod_since_analyze, 0)"
