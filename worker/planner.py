@@ -444,7 +444,11 @@ def _diff(
                 chunks = source.stream_key_hashes(
                     sync.source_query, plan.key_column, plan.read_columns, HASH_CHUNK
                 )
-            read = repo.copy_into_stage(pg, stage, chunks, on_chunk, copy_text=copy_text)
+            # Closed on the way out, error or not: the stream holds the source's transaction
+            # (and a divided read its readers' threads), which a traceback kept alive would
+            # otherwise keep.
+            with closing(chunks):
+                read = repo.copy_into_stage(pg, stage, chunks, on_chunk, copy_text=copy_text)
             heartbeat.check()
             if replay:
                 repo.restrict_stage_to_keys(pg, stage, lease.replay_keys or [])
